@@ -23,7 +23,10 @@ pub mod engine;
 pub mod error;
 pub mod finding;
 pub mod inventory;
+pub mod nab;
 pub mod role;
+pub mod score;
+pub mod stats;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};

@@ -4,3 +4,4 @@ pub mod dcgm_scrape;
 pub mod file;
 pub mod http;
 pub mod kafka;
+pub mod kubernetes;

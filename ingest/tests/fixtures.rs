@@ -9,7 +9,7 @@ use gpusiem_ingest::Stream;
 use gpusiem_ingest::decode::{self, DecodeContext, Decoded, Location, Reason};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/real")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/real")
 }
 
 fn files(dir: &str, ext: &str) -> Vec<PathBuf> {

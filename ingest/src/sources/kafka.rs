@@ -978,7 +978,15 @@ impl Shared {
     /// they reach and commits synchronously.
     fn drain_and_commit(&self, consumer: &BaseConsumer<KafkaContext>, tps: &[Tp]) {
         let deadline = Instant::now() + self.drain_timeout;
-        lock(&self.state).start_drain(tps);
+        {
+            let mut state = lock(&self.state);
+            if !tps.iter().any(|tp| state.parts.contains_key(tp)) {
+                // Already drained and forgotten (the revoke of a consumer closing after its
+                // shutdown): nothing to wait for, nothing new to commit.
+                return;
+            }
+            state.start_drain(tps);
+        }
         loop {
             let events = self.acks.take();
             let mut actions = Vec::new();
