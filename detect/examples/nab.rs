@@ -17,8 +17,15 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let detail = args.iter().any(|a| a == "--detail");
     let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let nab_dir = PathBuf::from(positional.first().map_or("/work/shared/nab", |s| s.as_str()));
-    let out_dir = positional.get(1).map(PathBuf::from);
+    let nab_dir = PathBuf::from(
+        positional
+            .first()
+            .map_or("/work/shared/nab", |s| s.as_str()),
+    );
+    let out_dir = positional
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
     let config: ScorerConfig = match positional.get(2) {
         Some(json) => serde_json::from_str(json)?,
         None => ScorerConfig::default(),
@@ -48,7 +55,11 @@ fn main() -> anyhow::Result<()> {
             s.normalized, s.raw, s.threshold, s.detected_windows, s.windows, s.false_positive_rows
         );
     }
-    let nonzero = results.iter().flat_map(|r| &r.scores).filter(|s| **s > 0.0).count();
+    let nonzero = results
+        .iter()
+        .flat_map(|r| &r.scores)
+        .filter(|s| **s > 0.0)
+        .count();
     let state = config.build()?.state_bytes();
     println!(
         "rows {rows}  nonzero {nonzero}  run+io {:.1} ms  ({:.0} ns/row incl. I/O)  state {state} B/series",
@@ -76,8 +87,16 @@ fn main() -> anyhow::Result<()> {
         let p = nab::PROFILES[0];
         let (windows, fps) = nab::breakdown(&results, &labels, &p, scores.standard.threshold);
         for w in &windows {
-            let pos = w.first_detection.map_or("MISS".to_string(), |i| format!("{:+.2}", (i - w.rows.0) as f64 / (w.rows.1 - w.rows.0 + 1) as f64));
-            println!("W {:<55} {:>6}..{:<6} {pos:>6} {:+.3}", w.file, w.rows.0, w.rows.1, w.weight);
+            let pos = w.first_detection.map_or("MISS".to_string(), |i| {
+                format!(
+                    "{:+.2}",
+                    (i - w.rows.0) as f64 / (w.rows.1 - w.rows.0 + 1) as f64
+                )
+            });
+            println!(
+                "W {:<55} {:>6}..{:<6} {pos:>6} {:+.3}",
+                w.file, w.rows.0, w.rows.1, w.weight
+            );
         }
         for (f, n, cost) in &fps {
             if *n > 0 {

@@ -48,9 +48,12 @@ impl DetectorsConfig {
     /// Every invalid setting, with its dotted path (`detectors.gpu_memory_spike.min_rise_mib`).
     pub fn validate(&self) -> Vec<crate::Error> {
         let mut p = Problems::default();
-        self.gpu_memory_spike.validate("detectors.gpu_memory_spike", &mut p);
-        self.unallocated_gpu_use.validate("detectors.unallocated_gpu_use", &mut p);
-        self.miner_fingerprint.validate("detectors.miner_fingerprint", &mut p);
+        self.gpu_memory_spike
+            .validate("detectors.gpu_memory_spike", &mut p);
+        self.unallocated_gpu_use
+            .validate("detectors.unallocated_gpu_use", &mut p);
+        self.miner_fingerprint
+            .validate("detectors.miner_fingerprint", &mut p);
         p.0
     }
 }
@@ -63,13 +66,19 @@ pub fn build(config: &DetectorsConfig) -> crate::Result<Vec<Box<dyn Detector>>> 
     }
     let mut out: Vec<Box<dyn Detector>> = Vec::new();
     if config.gpu_memory_spike.enabled {
-        out.push(Box::new(GpuMemorySpike::new(config.gpu_memory_spike.clone())));
+        out.push(Box::new(GpuMemorySpike::new(
+            config.gpu_memory_spike.clone(),
+        )));
     }
     if config.unallocated_gpu_use.enabled {
-        out.push(Box::new(UnallocatedGpuUse::new(config.unallocated_gpu_use.clone())));
+        out.push(Box::new(UnallocatedGpuUse::new(
+            config.unallocated_gpu_use.clone(),
+        )));
     }
     if config.miner_fingerprint.enabled {
-        out.push(Box::new(MinerFingerprint::new(config.miner_fingerprint.clone())));
+        out.push(Box::new(MinerFingerprint::new(
+            config.miner_fingerprint.clone(),
+        )));
     }
     Ok(out)
 }
@@ -80,7 +89,10 @@ struct Problems(Vec<crate::Error>);
 
 impl Problems {
     fn push(&mut self, path: &str, field: &str, message: impl Into<String>) {
-        self.0.push(crate::Error::Config { path: format!("{path}.{field}"), message: message.into() });
+        self.0.push(crate::Error::Config {
+            path: format!("{path}.{field}"),
+            message: message.into(),
+        });
     }
 
     /// A finite number `>= min` (`> min` when `strict`).
@@ -115,16 +127,30 @@ mod tests {
     fn defaults_build_three_detectors() {
         let d = build(&DetectorsConfig::default()).expect("defaults are valid");
         let names: Vec<&str> = d.iter().map(|d| d.name()).collect();
-        assert_eq!(names, ["gpu_memory_spike", "unallocated_gpu_use", "miner_fingerprint"]);
+        assert_eq!(
+            names,
+            [
+                "gpu_memory_spike",
+                "unallocated_gpu_use",
+                "miner_fingerprint"
+            ]
+        );
     }
 
     #[test]
     fn unknown_fields_are_rejected_and_defaults_fill_the_rest() {
         let c: DetectorsConfig =
-            serde_json::from_str(r#"{"gpu_memory_spike":{"min_rise_mib":4096}}"#).expect("partial config");
+            serde_json::from_str(r#"{"gpu_memory_spike":{"min_rise_mib":4096}}"#)
+                .expect("partial config");
         assert_eq!(c.gpu_memory_spike.min_rise_mib, 4096.0);
-        assert_eq!(c.gpu_memory_spike.window_secs, GpuMemorySpikeConfig::default().window_secs);
-        assert!(serde_json::from_str::<DetectorsConfig>(r#"{"gpu_memory_spike":{"min_rise":1}}"#).is_err());
+        assert_eq!(
+            c.gpu_memory_spike.window_secs,
+            GpuMemorySpikeConfig::default().window_secs
+        );
+        assert!(
+            serde_json::from_str::<DetectorsConfig>(r#"{"gpu_memory_spike":{"min_rise":1}}"#)
+                .is_err()
+        );
         assert!(serde_json::from_str::<DetectorsConfig>(r#"{"nope":{}}"#).is_err());
     }
 

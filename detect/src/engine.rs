@@ -22,6 +22,7 @@ use crate::detector::{DetectContext, Detector};
 use crate::detectors::{self, DetectorsConfig};
 use crate::finding::Finding;
 use crate::inventory::{Inventory, InventoryConfig};
+use crate::rules::{RuleEngine, RuleSet};
 
 /// Everything the engine is built from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +43,7 @@ const CHAIN_ROUNDS: usize = 3;
 pub struct Engine {
     inventory: Inventory,
     detectors: Vec<Box<dyn Detector>>,
+    rules: Option<RuleEngine>,
     watermark: i64,
     last_tick: i64,
 }
@@ -52,6 +54,7 @@ impl Engine {
         Ok(Engine {
             inventory: Inventory::new(config.inventory),
             detectors: detectors::build(&config.detectors)?,
+            rules: None,
             watermark: i64::MIN,
             last_tick: i64::MIN,
         })
@@ -60,6 +63,32 @@ impl Engine {
     /// Adds a detector (rules, correlation, tests).
     pub fn add_detector(&mut self, d: Box<dyn Detector>) {
         self.detectors.push(d);
+    }
+
+    /// Installs the rule engine (Sigma detection and correlation rules).
+    pub fn set_rules(&mut self, rules: RuleEngine) {
+        self.rules = Some(rules);
+    }
+
+    /// The rule engine, if installed.
+    pub fn rules(&self) -> Option<&RuleEngine> {
+        self.rules.as_ref()
+    }
+
+    /// Replaces the rules (reload on change); unchanged rules keep their state.
+    pub fn reload_rules(&mut self, set: RuleSet) {
+        if let Some(r) = &mut self.rules {
+            r.reload(set);
+        }
+    }
+
+    /// Feeds findings raised elsewhere (another replica, tests) to the rules as events.
+    pub fn inject_findings(&mut self, findings: &[Finding], out: &mut Vec<Finding>) {
+        let start = out.len();
+        out.extend_from_slice(findings);
+        let cx = DetectContext { inventory: &self.inventory, watermark: self.watermark };
+        chain(&mut self.detectors, &mut self.rules, &cx, out, start);
+        out.drain(start..start + findings.len());
     }
 
     /// The inventory, to feed pod facts from other sources.
@@ -93,7 +122,10 @@ impl Engine {
         for d in &mut self.detectors {
             d.observe(&cx, stream, batch, out);
         }
-        chain(&mut self.detectors, &cx, out, start);
+        if let Some(r) = &mut self.rules {
+            r.observe(&cx, stream, batch, out);
+        }
+        chain(&mut self.detectors, &mut self.rules, &cx, out, start);
         self.maybe_tick(out);
     }
 
@@ -118,22 +150,27 @@ impl Engine {
         for d in &mut self.detectors {
             d.on_tick(&cx, self.watermark, out);
         }
-        chain(&mut self.detectors, &cx, out, start);
+        if let Some(r) = &mut self.rules {
+            r.on_tick(&cx, self.watermark, out);
+        }
+        chain(&mut self.detectors, &mut self.rules, &cx, out, start);
     }
 
     /// Bytes of detector state (approximate).
     pub fn state_bytes(&self) -> usize {
-        self.detectors.iter().map(|d| d.state_bytes()).sum()
+        self.detectors.iter().map(|d| d.state_bytes()).sum::<usize>() + self.rules.as_ref().map_or(0, |r| r.state_bytes())
     }
 
     /// Series held per detector.
     pub fn series(&self) -> Vec<(&'static str, usize)> {
-        self.detectors.iter().map(|d| (d.name(), d.series())).collect()
+        let rules = self.rules.as_ref().map(|r| (r.name(), r.series()));
+        self.detectors.iter().map(|d| (d.name(), d.series())).chain(rules).collect()
     }
 }
 
-/// Feeds findings raised since `start` back to every detector, a bounded number of rounds.
-fn chain(detectors: &mut [Box<dyn Detector>], cx: &DetectContext<'_>, out: &mut Vec<Finding>, mut start: usize) {
+/// Feeds findings raised since `start` back to every detector and the rules, a bounded number
+/// of rounds.
+fn chain(detectors: &mut [Box<dyn Detector>], rules: &mut Option<RuleEngine>, cx: &DetectContext<'_>, out: &mut Vec<Finding>, mut start: usize) {
     for _ in 0..CHAIN_ROUNDS {
         if start == out.len() {
             return;
@@ -142,6 +179,9 @@ fn chain(detectors: &mut [Box<dyn Detector>], cx: &DetectContext<'_>, out: &mut 
         start = out.len();
         for d in detectors.iter_mut() {
             d.observe_findings(cx, &new, out);
+        }
+        if let Some(r) = rules {
+            r.observe_findings(cx, &new, out);
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod finding;
 pub mod inventory;
 pub mod nab;
 pub mod role;
+pub mod rules;
 pub mod score;
 pub mod stats;
 

@@ -121,7 +121,11 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| NabError::Io { op: "reading", path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| NabError::Io {
+        op: "reading",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads a NAB data file (`timestamp,value` with a header row).
@@ -131,7 +135,11 @@ pub fn read_series(path: &Path) -> Result<Series> {
 }
 
 fn parse_series(text: &str, path: &Path) -> Result<Series> {
-    let bad = |line: usize, reason: &str| NabError::Csv { path: path.to_owned(), line, reason: reason.to_owned() };
+    let bad = |line: usize, reason: &str| NabError::Csv {
+        path: path.to_owned(),
+        line,
+        reason: reason.to_owned(),
+    };
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, header)) if header.trim().starts_with("timestamp") => {}
@@ -147,7 +155,10 @@ fn parse_series(text: &str, path: &Path) -> Result<Series> {
             return Err(bad(i + 1, "expected two columns"));
         };
         let ts_ns = parse_timestamp(ts).ok_or_else(|| bad(i + 1, "unparsable timestamp"))?;
-        let value: f64 = value.trim().parse().map_err(|_| bad(i + 1, "unparsable value"))?;
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| bad(i + 1, "unparsable value"))?;
         if !value.is_finite() {
             return Err(bad(i + 1, "value is not finite"));
         }
@@ -165,7 +176,10 @@ pub type Labels = BTreeMap<String, Vec<(i64, i64)>>;
 /// Reads NAB's `labels/combined_windows.json`.
 pub fn read_labels(path: &Path) -> Result<Labels> {
     let text = read_text(path)?;
-    let bad = |reason: String| NabError::Labels { path: path.to_owned(), reason };
+    let bad = |reason: String| NabError::Labels {
+        path: path.to_owned(),
+        reason,
+    };
     let raw: BTreeMap<String, Vec<(String, String)>> =
         serde_json::from_str(&text).map_err(|e| bad(format!("not a windows file: {e}")))?;
     let mut labels = Labels::new();
@@ -186,7 +200,12 @@ pub fn read_labels(path: &Path) -> Result<Labels> {
 /// Runs a fresh scorer over one series, causally: score `i` depends on rows `0..=i` only.
 pub fn run_series(series: &Series, config: &ScorerConfig) -> Result<Vec<f64>> {
     let mut scorer = config.build_with_warmup(probationary_rows(series.len()))?;
-    Ok(series.ts_ns.iter().zip(&series.values).map(|(&ts, &v)| scorer.update(ts, v)).collect())
+    Ok(series
+        .ts_ns
+        .iter()
+        .zip(&series.values)
+        .map(|(&ts, &v)| scorer.update(ts, v))
+        .collect())
 }
 
 /// One data file's detector output.
@@ -203,8 +222,15 @@ pub struct FileResult {
 /// Corpus-relative names of every data file under `data_dir` (`<category>/<name>.csv`), sorted.
 pub fn list_data_files(data_dir: &Path) -> Result<Vec<String>> {
     let list = |dir: &Path| -> Result<Vec<std::fs::DirEntry>> {
-        let io = |source| NabError::Io { op: "listing", path: dir.to_owned(), source };
-        std::fs::read_dir(dir).map_err(io)?.collect::<std::io::Result<Vec<_>>>().map_err(io)
+        let io = |source| NabError::Io {
+            op: "listing",
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::read_dir(dir)
+            .map_err(io)?
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(io)
     };
     let mut files = Vec::new();
     for category in list(data_dir)? {
@@ -234,7 +260,11 @@ pub fn result_path(out_dir: &Path, detector: &str, file: &str) -> PathBuf {
 
 /// Writes one result file with columns `timestamp,value,anomaly_score`.
 pub fn write_result_csv(path: &Path, series: &Series, scores: &[f64]) -> Result<()> {
-    let io = |source| NabError::Io { op: "writing", path: path.to_owned(), source };
+    let io = |source| NabError::Io {
+        op: "writing",
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -251,7 +281,11 @@ pub fn write_result_csv(path: &Path, series: &Series, scores: &[f64]) -> Result<
 
 /// Runs a fresh scorer over every data file under `data_dir` (`<category>/<name>.csv`) and, when
 /// `out_dir` is given, writes `out_dir/<category>/gpusiem_<name>.csv` for each.
-pub fn run_corpus(data_dir: &Path, out_dir: Option<&Path>, config: &ScorerConfig) -> Result<Vec<FileResult>> {
+pub fn run_corpus(
+    data_dir: &Path,
+    out_dir: Option<&Path>,
+    config: &ScorerConfig,
+) -> Result<Vec<FileResult>> {
     config.validate()?;
     let mut results = Vec::new();
     for file in list_data_files(data_dir)? {
@@ -260,7 +294,11 @@ pub fn run_corpus(data_dir: &Path, out_dir: Option<&Path>, config: &ScorerConfig
         if let Some(out) = out_dir {
             write_result_csv(&result_path(out, DETECTOR_NAME, &file), &series, &scores)?;
         }
-        results.push(FileResult { file, ts_ns: series.ts_ns, scores });
+        results.push(FileResult {
+            file,
+            ts_ns: series.ts_ns,
+            scores,
+        });
     }
     Ok(results)
 }
@@ -272,20 +310,39 @@ pub fn read_results(out_dir: &Path, detector: &str, labels: &Labels) -> Result<V
     for file in labels.keys() {
         let path = result_path(out_dir, detector, file);
         let text = read_text(&path)?;
-        let bad = |line: usize, reason: &str| NabError::Csv { path: path.clone(), line, reason: reason.to_owned() };
+        let bad = |line: usize, reason: &str| NabError::Csv {
+            path: path.clone(),
+            line,
+            reason: reason.to_owned(),
+        };
         let mut lines = text.lines().enumerate();
-        let header = lines.next().map(|(_, h)| h).ok_or_else(|| bad(1, "empty file"))?;
+        let header = lines
+            .next()
+            .map(|(_, h)| h)
+            .ok_or_else(|| bad(1, "empty file"))?;
         let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-        let ts_col = cols.iter().position(|c| *c == "timestamp").ok_or_else(|| bad(1, "no `timestamp` column"))?;
-        let score_col =
-            cols.iter().position(|c| *c == "anomaly_score").ok_or_else(|| bad(1, "no `anomaly_score` column"))?;
-        let mut result = FileResult { file: file.clone(), ts_ns: Vec::new(), scores: Vec::new() };
+        let ts_col = cols
+            .iter()
+            .position(|c| *c == "timestamp")
+            .ok_or_else(|| bad(1, "no `timestamp` column"))?;
+        let score_col = cols
+            .iter()
+            .position(|c| *c == "anomaly_score")
+            .ok_or_else(|| bad(1, "no `anomaly_score` column"))?;
+        let mut result = FileResult {
+            file: file.clone(),
+            ts_ns: Vec::new(),
+            scores: Vec::new(),
+        };
         for (i, line) in lines {
             if line.trim().is_empty() {
                 continue;
             }
             let fields: Vec<&str> = line.split(',').collect();
-            let ts = fields.get(ts_col).and_then(|t| parse_timestamp(t)).ok_or_else(|| bad(i + 1, "bad timestamp"))?;
+            let ts = fields
+                .get(ts_col)
+                .and_then(|t| parse_timestamp(t))
+                .ok_or_else(|| bad(i + 1, "bad timestamp"))?;
             let score: f64 = fields
                 .get(score_col)
                 .and_then(|s| s.trim().parse().ok())
@@ -313,14 +370,33 @@ pub struct Profile {
 
 /// NAB's three profiles, in the order NAB reports them.
 pub const PROFILES: [Profile; 3] = [
-    Profile { name: "standard", tp_weight: 1.0, fp_weight: 0.11, fn_weight: 1.0 },
-    Profile { name: "reward_low_FP_rate", tp_weight: 1.0, fp_weight: 0.22, fn_weight: 1.0 },
-    Profile { name: "reward_low_FN_rate", tp_weight: 1.0, fp_weight: 0.11, fn_weight: 2.0 },
+    Profile {
+        name: "standard",
+        tp_weight: 1.0,
+        fp_weight: 0.11,
+        fn_weight: 1.0,
+    },
+    Profile {
+        name: "reward_low_FP_rate",
+        tp_weight: 1.0,
+        fp_weight: 0.22,
+        fn_weight: 1.0,
+    },
+    Profile {
+        name: "reward_low_FN_rate",
+        tp_weight: 1.0,
+        fp_weight: 0.11,
+        fn_weight: 2.0,
+    },
 ];
 
 /// NAB's scaled sigmoid: `−1` for `y > 3`, else `2·σ(−5y) − 1`.
 pub fn scaled_sigmoid(y: f64) -> f64 {
-    if y > 3.0 { -1.0 } else { 2.0 / (1.0 + (5.0 * y).exp()) - 1.0 }
+    if y > 3.0 {
+        -1.0
+    } else {
+        2.0 / (1.0 + (5.0 * y).exp()) - 1.0
+    }
 }
 
 /// The corpus score of one profile at its corpus-optimal threshold.
@@ -374,7 +450,11 @@ fn window_rows(ts_ns: &[i64], windows: &[(i64, i64)]) -> Vec<(usize, usize)> {
 
 /// Sweep weights of every row of one file under `profile`, with the window index (within the
 /// file) of rows inside a window.
-fn row_weights(n: usize, windows: &[(usize, usize)], profile: &Profile) -> Vec<(f64, Option<usize>)> {
+fn row_weights(
+    n: usize,
+    windows: &[(usize, usize)],
+    profile: &Profile,
+) -> Vec<(f64, Option<usize>)> {
     let s_m1 = scaled_sigmoid(-1.0);
     let mut out = Vec::with_capacity(n);
     let mut k = 0;
@@ -394,7 +474,11 @@ fn row_weights(n: usize, windows: &[(usize, usize)], profile: &Profile) -> Vec<(
                 Some((r, width)) => {
                     // A one-row window makes NAB divide by zero; that is "infinitely far",
                     // the full FP cost.
-                    let y = if width > 1 { i.abs_diff(r) as f64 / (width - 1) as f64 } else { f64::INFINITY };
+                    let y = if width > 1 {
+                        i.abs_diff(r) as f64 / (width - 1) as f64
+                    } else {
+                        f64::INFINITY
+                    };
                     profile.fp_weight * scaled_sigmoid(y)
                 }
             };
@@ -411,33 +495,55 @@ fn row_weights(n: usize, windows: &[(usize, usize)], profile: &Profile) -> Vec<(
 /// Every labelled file must have a result with one score per data row; results for files that
 /// are not labelled are an error too, as NAB would not know their windows.
 pub fn score_corpus(results: &[FileResult], labels: &Labels) -> Result<ProfileScores> {
-    let by_file: BTreeMap<&str, &FileResult> = results.iter().map(|r| (r.file.as_str(), r)).collect();
+    let by_file: BTreeMap<&str, &FileResult> =
+        results.iter().map(|r| (r.file.as_str(), r)).collect();
     for r in results {
         if !labels.contains_key(&r.file) {
-            return Err(NabError::Results { file: r.file.clone(), reason: "not in the label file".into() });
+            return Err(NabError::Results {
+                file: r.file.clone(),
+                reason: "not in the label file".into(),
+            });
         }
         if r.ts_ns.len() != r.scores.len() {
-            return Err(NabError::Results { file: r.file.clone(), reason: "timestamps and scores differ in length".into() });
+            return Err(NabError::Results {
+                file: r.file.clone(),
+                reason: "timestamps and scores differ in length".into(),
+            });
         }
         if let Some(bad) = r.scores.iter().position(|s| !(0.0..=1.0).contains(s)) {
-            return Err(NabError::Results { file: r.file.clone(), reason: format!("row {bad}: score outside [0, 1]") });
+            return Err(NabError::Results {
+                file: r.file.clone(),
+                reason: format!("row {bad}: score outside [0, 1]"),
+            });
         }
     }
     let mut files = Vec::with_capacity(labels.len());
     for (file, windows) in labels {
         let r = by_file
             .get(file.as_str())
-            .ok_or_else(|| NabError::Results { file: file.clone(), reason: "no detector output".into() })?;
+            .ok_or_else(|| NabError::Results {
+                file: file.clone(),
+                reason: "no detector output".into(),
+            })?;
         files.push((*r, window_rows(&r.ts_ns, windows)));
     }
     let k_windows: usize = labels.values().map(Vec::len).sum();
-    let [standard, reward_low_fp, reward_low_fn] = PROFILES.map(|p| score_profile(&files, k_windows, &p));
-    Ok(ProfileScores { standard, reward_low_fp, reward_low_fn })
+    let [standard, reward_low_fp, reward_low_fn] =
+        PROFILES.map(|p| score_profile(&files, k_windows, &p));
+    Ok(ProfileScores {
+        standard,
+        reward_low_fp,
+        reward_low_fn,
+    })
 }
 
 /// Scores files whose window row ranges are already known under one profile; `k_windows` is the
 /// label file's window count (the normaliser).
-fn score_profile(files: &[(&FileResult, Vec<(usize, usize)>)], k_windows: usize, profile: &Profile) -> ProfileScore {
+fn score_profile(
+    files: &[(&FileResult, Vec<(usize, usize)>)],
+    k_windows: usize,
+    profile: &Profile,
+) -> ProfileScore {
     let mut points = Vec::new();
     let mut window_base = 0;
     for (r, windows) in files {
@@ -445,7 +551,11 @@ fn score_profile(files: &[(&FileResult, Vec<(usize, usize)>)], k_windows: usize,
         let probation = probationary_rows(n);
         for (i, (weight, window)) in row_weights(n, windows, profile).into_iter().enumerate() {
             if i >= probation {
-                points.push(Point { score: r.scores[i], weight, window: window.map(|k| k + window_base) });
+                points.push(Point {
+                    score: r.scores[i],
+                    weight,
+                    window: window.map(|k| k + window_base),
+                });
             }
         }
         window_base += windows.len();
@@ -516,7 +626,12 @@ fn score_profile(files: &[(&FileResult, Vec<(usize, usize)>)], k_windows: usize,
 /// Raw score of the given files under `profile` at a fixed `threshold` (NAB's "score" step):
 /// the sum, over the files, of their FP weights and of each window's earliest-detection weight
 /// or `−A_FN`. Files without labels are skipped.
-pub fn score_at_threshold(results: &[FileResult], labels: &Labels, profile: &Profile, threshold: f64) -> f64 {
+pub fn score_at_threshold(
+    results: &[FileResult],
+    labels: &Labels,
+    profile: &Profile,
+    threshold: f64,
+) -> f64 {
     let (windows, fps) = breakdown(results, labels, profile, threshold);
     windows.iter().map(|w| w.weight).sum::<f64>() + fps.iter().map(|f| f.2).sum::<f64>()
 }
@@ -545,7 +660,9 @@ pub fn breakdown(
     let mut windows_out = Vec::new();
     let mut fps = Vec::new();
     for r in results {
-        let Some(windows) = labels.get(&r.file) else { continue };
+        let Some(windows) = labels.get(&r.file) else {
+            continue;
+        };
         let rows = window_rows(&r.ts_ns, windows);
         let weights = row_weights(r.scores.len(), &rows, profile);
         let probation = probationary_rows(r.scores.len());
@@ -574,7 +691,12 @@ pub fn breakdown(
                 continue;
             }
             let weight = firsts[k].map_or(-profile.fn_weight, |i| weights[i].0);
-            windows_out.push(WindowOutcome { file: r.file.clone(), rows: (l, rr), first_detection: firsts[k], weight });
+            windows_out.push(WindowOutcome {
+                file: r.file.clone(),
+                rows: (l, rr),
+                first_detection: firsts[k],
+                weight,
+            });
         }
         fps.push((r.file.clone(), fp_rows, fp_cost));
     }
@@ -607,18 +729,27 @@ mod tests {
         let p = PROFILES[0];
         let w = row_weights(20, &[(5, 9)], &p);
         assert_eq!(w[0], (-0.11, None));
-        assert!((w[5].0 - 1.0).abs() < 1e-12, "first row of a window earns A_TP");
+        assert!(
+            (w[5].0 - 1.0).abs() < 1e-12,
+            "first row of a window earns A_TP"
+        );
         assert!(w[6].0 < w[5].0 && w[9].0 < w[6].0);
         assert_eq!(w[9].1, Some(0));
         // Right after the window an FP costs nothing; later it approaches the full cost.
-        assert_eq!(w[9 + 0].1, Some(0));
+        assert_eq!(w[9].1, Some(0), "the last row still belongs to the window");
         assert!(w[10].0 < 0.0 && w[10].0 > -0.11);
         assert!((w[19].0 + 0.11).abs() < 0.01);
     }
 
     fn result(file: &str, scores: Vec<f64>) -> FileResult {
-        let ts_ns = (0..scores.len() as i64).map(|i| i * 300_000_000_000).collect();
-        FileResult { file: file.into(), ts_ns, scores }
+        let ts_ns = (0..scores.len() as i64)
+            .map(|i| i * 300_000_000_000)
+            .collect();
+        FileResult {
+            file: file.into(),
+            ts_ns,
+            scores,
+        }
     }
 
     #[test]
@@ -658,13 +789,20 @@ mod tests {
         let r = result("a/b.csv", vec![1.5; 10]);
         let mut labels = Labels::new();
         labels.insert("a/b.csv".into(), vec![]);
-        assert!(matches!(score_corpus(&[r], &labels), Err(NabError::Results { .. })));
+        assert!(matches!(
+            score_corpus(&[r], &labels),
+            Err(NabError::Results { .. })
+        ));
     }
 
     #[test]
     fn series_parse_rejects_garbage() {
         let p = Path::new("x.csv");
-        let ok = parse_series("timestamp,value\n2014-04-01 00:00:00,1.5\n2014-04-01 00:05:00,2\n", p).expect("valid");
+        let ok = parse_series(
+            "timestamp,value\n2014-04-01 00:00:00,1.5\n2014-04-01 00:05:00,2\n",
+            p,
+        )
+        .expect("valid");
         assert_eq!(ok.values, vec![1.5, 2.0]);
         assert_eq!(ok.ts_ns[1] - ok.ts_ns[0], 300_000_000_000);
         assert!(parse_series("timestamp,value\n2014-04-01,1\n", p).is_err());

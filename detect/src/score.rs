@@ -14,10 +14,10 @@
 
 use serde::{Deserialize, Serialize};
 
-#[path = "scorers/onset_likelihood.rs"]
-pub mod onset_likelihood;
+#[path = "scorers/multiscale_tail.rs"]
+pub mod multiscale_tail;
 
-pub use onset_likelihood::{OnsetLikelihood, OnsetLikelihoodConfig};
+pub use multiscale_tail::{MultiscaleTail, MultiscaleTailConfig, MultiscaleTailFactory};
 
 /// A streaming anomaly scorer over one series.
 ///
@@ -50,12 +50,15 @@ pub struct ScorerConfig {
     /// hint (the NAB runner passes NAB's probationary period instead).
     pub warmup_samples: usize,
     /// The default method's settings.
-    pub onset_likelihood: OnsetLikelihoodConfig,
+    pub multiscale_tail: MultiscaleTailConfig,
 }
 
 impl Default for ScorerConfig {
     fn default() -> Self {
-        Self { warmup_samples: 150, onset_likelihood: OnsetLikelihoodConfig::default() }
+        Self {
+            warmup_samples: 300,
+            multiscale_tail: MultiscaleTailConfig::default(),
+        }
     }
 }
 
@@ -69,7 +72,8 @@ impl ScorerConfig {
                 message: "must be at least 1".into(),
             });
         }
-        self.onset_likelihood.problems(&format!("{prefix}.onset_likelihood"), &mut out);
+        self.multiscale_tail
+            .problems(&format!("{prefix}.multiscale_tail"), &mut out);
         out
     }
 
@@ -82,15 +86,25 @@ impl ScorerConfig {
     }
 
     /// Builds the default scorer with the configured warm-up.
-    pub fn build(&self) -> crate::Result<OnsetLikelihood> {
+    pub fn build(&self) -> crate::Result<MultiscaleTail> {
         self.build_with_warmup(self.warmup_samples)
+    }
+
+    /// A factory for the default scorer whose scorers share one copy of the settings: the
+    /// way to make one scorer per series for many series.
+    pub fn factory(&self) -> crate::Result<MultiscaleTailFactory> {
+        self.validate()?;
+        Ok(MultiscaleTailFactory::new(&self.multiscale_tail))
     }
 
     /// Builds the default scorer with an explicit warm-up length in samples (NAB's
     /// probationary period, for instance).
-    pub fn build_with_warmup(&self, warmup_samples: usize) -> crate::Result<OnsetLikelihood> {
+    pub fn build_with_warmup(&self, warmup_samples: usize) -> crate::Result<MultiscaleTail> {
         self.validate()?;
-        Ok(OnsetLikelihood::new(&self.onset_likelihood, warmup_samples.max(1)))
+        Ok(MultiscaleTail::new(
+            &self.multiscale_tail,
+            warmup_samples.max(1),
+        ))
     }
 }
 
@@ -104,14 +118,19 @@ mod tests {
         assert!(err.is_err());
         let ok: ScorerConfig = serde_json::from_str(r#"{"warmup_samples": 3}"#).expect("valid");
         assert_eq!(ok.warmup_samples, 3);
-        assert_eq!(ok.onset_likelihood, OnsetLikelihoodConfig::default());
+        assert_eq!(ok.multiscale_tail, MultiscaleTailConfig::default());
     }
 
     #[test]
     fn invalid_settings_name_their_path() {
-        let cfg = ScorerConfig { warmup_samples: 0, ..ScorerConfig::default() };
+        let cfg = ScorerConfig {
+            warmup_samples: 0,
+            ..ScorerConfig::default()
+        };
         let problems = cfg.problems("bench.scorer");
-        assert!(matches!(&problems[0], crate::Error::Config { path, .. } if path == "bench.scorer.warmup_samples"));
+        assert!(
+            matches!(&problems[0], crate::Error::Config { path, .. } if path == "bench.scorer.warmup_samples")
+        );
         assert!(cfg.build().is_err());
     }
 }

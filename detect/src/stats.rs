@@ -44,7 +44,11 @@ impl Welford {
 
     /// Sample variance (n − 1 denominator; 0 for fewer than two values).
     pub fn variance(&self) -> f64 {
-        if self.n < 2 { 0.0 } else { self.m2 / (self.n - 1) as f64 }
+        if self.n < 2 {
+            0.0
+        } else {
+            self.m2 / (self.n - 1) as f64
+        }
     }
 }
 
@@ -68,7 +72,12 @@ pub struct Ewma {
 impl Ewma {
     /// An empty average; `alpha` in (0, 1] is the weight of the newest value.
     pub fn new(alpha: f64) -> Self {
-        Self { alpha, mean: 0.0, var: 0.0, started: false }
+        Self {
+            alpha,
+            mean: 0.0,
+            var: 0.0,
+            started: false,
+        }
     }
 
     /// An average with `alpha = 2 / (span + 1)`, the usual "span" convention.
@@ -161,7 +170,13 @@ impl<T: Stored, const N: usize> Default for Ring<T, N> {
 impl<T: Stored, const N: usize> Ring<T, N> {
     /// An empty window.
     pub fn new() -> Self {
-        Self { buf: [T::default(); N], head: 0, len: 0, sum: 0.0, since_resum: 0 }
+        Self {
+            buf: [T::default(); N],
+            head: 0,
+            len: 0,
+            sum: 0.0,
+            since_resum: 0,
+        }
     }
 
     /// Appends `x`; returns the value it evicted once the window is full.
@@ -208,7 +223,11 @@ impl<T: Stored, const N: usize> Ring<T, N> {
 
     /// Mean of the values held (0 when empty).
     pub fn mean(&self) -> f64 {
-        if self.len == 0 { 0.0 } else { self.sum / self.len as f64 }
+        if self.len == 0 {
+            0.0
+        } else {
+            self.sum / self.len as f64
+        }
     }
 
     /// Mean of the newest `k` values held (all of them if fewer).
@@ -254,7 +273,10 @@ impl<T: Stored, const N: usize> Default for SortedWindow<T, N> {
 impl<T: Stored, const N: usize> SortedWindow<T, N> {
     /// An empty window.
     pub fn new() -> Self {
-        Self { ring: Ring::new(), sorted: [T::default(); N] }
+        Self {
+            ring: Ring::new(),
+            sorted: [T::default(); N],
+        }
     }
 
     /// Appends `x`, evicting the oldest value once full.

@@ -69,11 +69,17 @@ impl Fake {
     }
 
     fn lists_seen(&self) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| !s.watch && s.status == 200).collect()
+        self.seen()
+            .into_iter()
+            .filter(|s| !s.watch && s.status == 200)
+            .collect()
     }
 
     fn watches_seen(&self) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.watch && s.status == 200).collect()
+        self.seen()
+            .into_iter()
+            .filter(|s| s.watch && s.status == 200)
+            .collect()
     }
 }
 
@@ -82,18 +88,37 @@ fn status(code: u16, reason: &str) -> Value {
            "reason": reason, "code": code})
 }
 
-async fn pods(State(fake): State<Arc<Fake>>, Query(query): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+async fn pods(
+    State(fake): State<Arc<Fake>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let watch = query.get("watch").is_some_and(|w| w == "1" || w == "true");
     let expected = format!("Bearer {}", fake.token.lock().expect("lock"));
     let (code, response) = if auth.as_deref() != Some(expected.as_str()) {
-        (401, (StatusCode::UNAUTHORIZED, axum::Json(status(401, "Unauthorized"))).into_response())
+        (
+            401,
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(status(401, "Unauthorized")),
+            )
+                .into_response(),
+        )
     } else if watch {
         watch_reply(&fake)
     } else {
         (200, list_page(&fake, &query))
     };
-    fake.seen.lock().expect("lock").push(Seen { watch, query, auth, status: code });
+    fake.seen.lock().expect("lock").push(Seen {
+        watch,
+        query,
+        auth,
+        status: code,
+    });
     response
 }
 
@@ -102,11 +127,20 @@ fn watch_reply(fake: &Fake) -> (u16, Response) {
     let body = match reply {
         Some(Reply::Status(code)) => {
             let status_code = StatusCode::from_u16(code).expect("status code");
-            let reason = if code == 410 { "Expired" } else { "InternalError" };
-            return (code, (status_code, axum::Json(status(code, reason))).into_response());
+            let reason = if code == 410 {
+                "Expired"
+            } else {
+                "InternalError"
+            };
+            return (
+                code,
+                (status_code, axum::Json(status(code, reason))).into_response(),
+            );
         }
         Some(Reply::Lines(lines)) => {
-            let chunks = lines.into_iter().map(|l| Ok::<_, Infallible>(Bytes::from(l + "\n")));
+            let chunks = lines
+                .into_iter()
+                .map(|l| Ok::<_, Infallible>(Bytes::from(l + "\n")));
             Body::from_stream(futures::stream::iter(chunks))
         }
         None => Body::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>()),
@@ -120,32 +154,49 @@ fn watch_reply(fake: &Fake) -> (u16, Response) {
 
 fn list_page(fake: &Fake, query: &HashMap<String, String>) -> Response {
     let list = match query.get("continue") {
-        Some(_) => fake.current.lock().expect("lock").clone().expect("continue without a list"),
+        Some(_) => fake
+            .current
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("continue without a list"),
         None => {
             let mut lists = fake.lists.lock().expect("lock");
-            let list = if lists.len() > 1 { lists.pop_front() } else { lists.front().cloned() };
+            let list = if lists.len() > 1 {
+                lists.pop_front()
+            } else {
+                lists.front().cloned()
+            };
             let list = list.expect("a list to serve");
             *fake.current.lock().expect("lock") = Some(list.clone());
             list
         }
     };
     let items = list["items"].as_array().cloned().unwrap_or_default();
-    let offset: usize = query.get("continue").map_or(0, |c| c.parse().expect("continue token"));
-    let limit: usize = query.get("limit").map_or(items.len(), |l| l.parse().expect("limit"));
+    let offset: usize = query
+        .get("continue")
+        .map_or(0, |c| c.parse().expect("continue token"));
+    let limit: usize = query
+        .get("limit")
+        .map_or(items.len(), |l| l.parse().expect("limit"));
     let end = (offset + limit).min(items.len());
     let mut metadata = json!({"resourceVersion": list["metadata"]["resourceVersion"]});
     if end < items.len() {
         metadata["continue"] = json!(end.to_string());
     }
-    axum::Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata,
-                      "items": items[offset..end]}))
+    axum::Json(
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata,
+                      "items": items[offset..end]}),
+    )
     .into_response()
 }
 
 /// Starts the fake; returns it and its base URL.
 async fn serve(fake: Fake) -> anyhow::Result<(Arc<Fake>, String)> {
     let fake = Arc::new(fake);
-    let app = Router::new().route("/api/v1/pods", get(pods)).with_state(fake.clone());
+    let app = Router::new()
+        .route("/api/v1/pods", get(pods))
+        .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -170,7 +221,10 @@ fn event(kind: &str, object: Value) -> String {
 }
 
 fn bookmark(rv: &str) -> String {
-    event("BOOKMARK", json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv}}))
+    event(
+        "BOOKMARK",
+        json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv}}),
+    )
 }
 
 struct Running {
@@ -184,9 +238,15 @@ struct Running {
 impl Running {
     /// The next event as (kind, uid).
     async fn next(&mut self) -> anyhow::Result<(PodEventKind, String)> {
-        let e = tokio::time::timeout(WAIT, self.rx.recv()).await.context("no pod event in time")?.context("channel closed")?;
+        let e = tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .context("no pod event in time")?
+            .context("channel closed")?;
         ensure!(e.observed_at > 0, "observed_at not set");
-        let uid = e.pod["metadata"]["uid"].as_str().context("event without uid")?.to_string();
+        let uid = e.pod["metadata"]["uid"]
+            .as_str()
+            .context("event without uid")?
+            .to_string();
         Ok((e.kind, uid))
     }
 
@@ -200,7 +260,10 @@ impl Running {
 
     async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task).await.context("run did not stop")??.context("run failed")?;
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .context("run did not stop")??
+            .context("run failed")?;
         Ok(())
     }
 }
@@ -221,18 +284,31 @@ async fn start(url: &str, token: &str, page_size: u32) -> anyhow::Result<Running
     let (tx, rx) = mpsc::channel(4);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(source.run(tx, shutdown.clone()));
-    Ok(Running { rx, shutdown, task, token_file, _dir: dir })
+    Ok(Running {
+        rx,
+        shutdown,
+        task,
+        token_file,
+        _dir: dir,
+    })
 }
 
 /// Waits until the fake's requests satisfy `pred`.
-async fn until(fake: &Fake, what: &str, pred: impl Fn(&[Seen]) -> bool) -> anyhow::Result<Vec<Seen>> {
+async fn until(
+    fake: &Fake,
+    what: &str,
+    pred: impl Fn(&[Seen]) -> bool,
+) -> anyhow::Result<Vec<Seen>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let seen = fake.seen();
         if pred(&seen) {
             return Ok(seen);
         }
-        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; saw {seen:#?}");
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; saw {seen:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -244,35 +320,73 @@ fn ev(kind: PodEventKind, uid: &str) -> (PodEventKind, String) {
 }
 
 #[tokio::test]
-async fn lists_page_by_page_then_watches_from_the_list_and_bookmark_versions() -> anyhow::Result<()> {
+async fn lists_page_by_page_then_watches_from_the_list_and_bookmark_versions() -> anyhow::Result<()>
+{
     let fake = Fake::default();
     *fake.token.lock().expect("lock") = "tok-1".into();
-    fake.lists.lock().expect("lock").push_back(pod_list("100", vec![pod("u1", "p1", "90"), pod("u2", "p2", "95")]));
-    fake.watches.lock().expect("lock").push_back(Reply::Lines(vec![
-        event("ADDED", pod("u3", "p3", "101")),
-        event("MODIFIED", pod("u1", "p1", "102")),
-        event("DELETED", pod("u2", "p2", "103")),
-        bookmark("110"),
-    ]));
+    fake.lists.lock().expect("lock").push_back(pod_list(
+        "100",
+        vec![pod("u1", "p1", "90"), pod("u2", "p2", "95")],
+    ));
+    fake.watches
+        .lock()
+        .expect("lock")
+        .push_back(Reply::Lines(vec![
+            event("ADDED", pod("u3", "p3", "101")),
+            event("MODIFIED", pod("u1", "p1", "102")),
+            event("DELETED", pod("u2", "p2", "103")),
+            bookmark("110"),
+        ]));
     let (fake, url) = serve(fake).await?;
     let mut run = start(&url, "tok-1", 1).await?;
 
     let events = run.next_n(5).await?;
-    assert_eq!(events, [ev(Added, "u1"), ev(Added, "u2"), ev(Added, "u3"), ev(Modified, "u1"), ev(Deleted, "u2")]);
+    assert_eq!(
+        events,
+        [
+            ev(Added, "u1"),
+            ev(Added, "u2"),
+            ev(Added, "u3"),
+            ev(Modified, "u1"),
+            ev(Deleted, "u2")
+        ]
+    );
 
     // The stream ended after the bookmark: the next watch resumes from the bookmark's version.
-    let seen = until(&fake, "a second watch", |s| s.iter().filter(|s| s.watch).count() >= 2).await?;
+    let seen = until(&fake, "a second watch", |s| {
+        s.iter().filter(|s| s.watch).count() >= 2
+    })
+    .await?;
     let lists: Vec<&Seen> = seen.iter().filter(|s| !s.watch).collect();
     assert_eq!(lists.len(), 2, "two pages of one pod");
     assert_eq!(lists[0].query.get("limit").map(String::as_str), Some("1"));
     assert_eq!(lists[0].query.get("continue"), None);
-    assert_eq!(lists[1].query.get("continue").map(String::as_str), Some("1"));
+    assert_eq!(
+        lists[1].query.get("continue").map(String::as_str),
+        Some("1")
+    );
     let watches: Vec<&Seen> = seen.iter().filter(|s| s.watch).collect();
-    assert_eq!(watches[0].query.get("resourceVersion").map(String::as_str), Some("100"));
-    assert_eq!(watches[0].query.get("allowWatchBookmarks").map(String::as_str), Some("true"));
+    assert_eq!(
+        watches[0].query.get("resourceVersion").map(String::as_str),
+        Some("100")
+    );
+    assert_eq!(
+        watches[0]
+            .query
+            .get("allowWatchBookmarks")
+            .map(String::as_str),
+        Some("true")
+    );
     assert!(watches[0].query.contains_key("timeoutSeconds"));
-    assert_eq!(watches[1].query.get("resourceVersion").map(String::as_str), Some("110"));
-    assert!(seen.iter().all(|s| s.auth.as_deref() == Some("Bearer tok-1") && s.status == 200), "{seen:#?}");
+    assert_eq!(
+        watches[1].query.get("resourceVersion").map(String::as_str),
+        Some("110")
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.auth.as_deref() == Some("Bearer tok-1") && s.status == 200),
+        "{seen:#?}"
+    );
     run.stop().await
 }
 
@@ -282,47 +396,89 @@ async fn watch_410_gone_relists_and_reports_pods_deleted_meanwhile() -> anyhow::
     *fake.token.lock().expect("lock") = "tok".into();
     {
         let mut lists = fake.lists.lock().expect("lock");
-        lists.push_back(pod_list("100", vec![pod("u1", "p1", "90"), pod("u2", "p2", "95")]));
+        lists.push_back(pod_list(
+            "100",
+            vec![pod("u1", "p1", "90"), pod("u2", "p2", "95")],
+        ));
         // While the watch was gone: p1 changed, p2 was deleted, p3 was created.
-        lists.push_back(pod_list("200", vec![pod("u1", "p1", "150"), pod("u3", "p3", "160")]));
+        lists.push_back(pod_list(
+            "200",
+            vec![pod("u1", "p1", "150"), pod("u3", "p3", "160")],
+        ));
     }
-    fake.watches.lock().expect("lock").push_back(Reply::Status(410));
+    fake.watches
+        .lock()
+        .expect("lock")
+        .push_back(Reply::Status(410));
     let (fake, url) = serve(fake).await?;
     let mut run = start(&url, "tok", 500).await?;
 
     assert_eq!(run.next_n(2).await?, [ev(Added, "u1"), ev(Added, "u2")]);
-    assert_eq!(run.next_n(3).await?, [ev(Modified, "u1"), ev(Added, "u3"), ev(Deleted, "u2")]);
-    let seen = until(&fake, "a watch after the relist", |s| s.iter().filter(|s| s.watch).count() >= 2).await?;
+    assert_eq!(
+        run.next_n(3).await?,
+        [ev(Modified, "u1"), ev(Added, "u3"), ev(Deleted, "u2")]
+    );
+    let seen = until(&fake, "a watch after the relist", |s| {
+        s.iter().filter(|s| s.watch).count() >= 2
+    })
+    .await?;
     assert_eq!(seen.iter().filter(|s| !s.watch).count(), 2, "one relist");
     let watches: Vec<&Seen> = seen.iter().filter(|s| s.watch).collect();
     assert_eq!(watches[0].status, 410);
-    assert_eq!(watches[1].query.get("resourceVersion").map(String::as_str), Some("200"));
+    assert_eq!(
+        watches[1].query.get("resourceVersion").map(String::as_str),
+        Some("200")
+    );
     run.stop().await
 }
 
 #[tokio::test]
-async fn an_error_event_with_code_410_relists_without_repeating_unchanged_pods() -> anyhow::Result<()> {
+async fn an_error_event_with_code_410_relists_without_repeating_unchanged_pods()
+-> anyhow::Result<()> {
     let fake = Fake::default();
     *fake.token.lock().expect("lock") = "tok".into();
     {
         let mut lists = fake.lists.lock().expect("lock");
         lists.push_back(pod_list("100", vec![pod("u1", "p1", "90")]));
-        lists.push_back(pod_list("300", vec![pod("u1", "p1", "90"), pod("u3", "p3", "101")]));
+        lists.push_back(pod_list(
+            "300",
+            vec![pod("u1", "p1", "90"), pod("u3", "p3", "101")],
+        ));
     }
-    fake.watches.lock().expect("lock").push_back(Reply::Lines(vec![
-        event("ADDED", pod("u3", "p3", "101")),
-        event("ERROR", status(410, "Expired")),
-        // Never read: the source has left this watch.
-        event("ADDED", pod("u9", "p9", "999")),
-    ]));
+    fake.watches
+        .lock()
+        .expect("lock")
+        .push_back(Reply::Lines(vec![
+            event("ADDED", pod("u3", "p3", "101")),
+            event("ERROR", status(410, "Expired")),
+            // Never read: the source has left this watch.
+            event("ADDED", pod("u9", "p9", "999")),
+        ]));
     let (fake, url) = serve(fake).await?;
     let mut run = start(&url, "tok", 500).await?;
 
     assert_eq!(run.next_n(2).await?, [ev(Added, "u1"), ev(Added, "u3")]);
-    let seen = until(&fake, "a watch after the relist", |s| s.iter().filter(|s| s.watch).count() >= 2).await?;
-    assert_eq!(seen.iter().filter(|s| !s.watch).count(), 2, "relisted after the ERROR event");
-    let second_watch = seen.iter().filter(|s| s.watch).nth(1).context("second watch")?;
-    assert_eq!(second_watch.query.get("resourceVersion").map(String::as_str), Some("300"));
+    let seen = until(&fake, "a watch after the relist", |s| {
+        s.iter().filter(|s| s.watch).count() >= 2
+    })
+    .await?;
+    assert_eq!(
+        seen.iter().filter(|s| !s.watch).count(),
+        2,
+        "relisted after the ERROR event"
+    );
+    let second_watch = seen
+        .iter()
+        .filter(|s| s.watch)
+        .nth(1)
+        .context("second watch")?;
+    assert_eq!(
+        second_watch
+            .query
+            .get("resourceVersion")
+            .map(String::as_str),
+        Some("300")
+    );
     // The relist found nothing new: no event was sent for it.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(run.rx.try_recv().is_err(), "unchanged pods were sent again");
@@ -333,19 +489,38 @@ async fn an_error_event_with_code_410_relists_without_repeating_unchanged_pods()
 async fn a_malformed_line_resumes_the_watch_from_the_last_good_version() -> anyhow::Result<()> {
     let fake = Fake::default();
     *fake.token.lock().expect("lock") = "tok".into();
-    fake.lists.lock().expect("lock").push_back(pod_list("100", vec![]));
-    fake.watches.lock().expect("lock").push_back(Reply::Lines(vec![
-        event("ADDED", pod("u3", "p3", "101")),
-        "{\"type\": \"MODIFIED\", \"object\": {".to_string(),
-    ]));
+    fake.lists
+        .lock()
+        .expect("lock")
+        .push_back(pod_list("100", vec![]));
+    fake.watches
+        .lock()
+        .expect("lock")
+        .push_back(Reply::Lines(vec![
+            event("ADDED", pod("u3", "p3", "101")),
+            "{\"type\": \"MODIFIED\", \"object\": {".to_string(),
+        ]));
     let (fake, url) = serve(fake).await?;
     let mut run = start(&url, "tok", 500).await?;
 
     assert_eq!(run.next().await?, ev(Added, "u3"));
-    let seen = until(&fake, "a second watch", |s| s.iter().filter(|s| s.watch).count() >= 2).await?;
+    let seen = until(&fake, "a second watch", |s| {
+        s.iter().filter(|s| s.watch).count() >= 2
+    })
+    .await?;
     assert_eq!(seen.iter().filter(|s| !s.watch).count(), 1, "no relist");
-    let second_watch = seen.iter().filter(|s| s.watch).nth(1).context("second watch")?;
-    assert_eq!(second_watch.query.get("resourceVersion").map(String::as_str), Some("101"));
+    let second_watch = seen
+        .iter()
+        .filter(|s| s.watch)
+        .nth(1)
+        .context("second watch")?;
+    assert_eq!(
+        second_watch
+            .query
+            .get("resourceVersion")
+            .map(String::as_str),
+        Some("101")
+    );
     run.stop().await
 }
 
@@ -353,38 +528,73 @@ async fn a_malformed_line_resumes_the_watch_from_the_last_good_version() -> anyh
 async fn the_token_is_reread_on_every_reconnect() -> anyhow::Result<()> {
     let fake = Fake::default();
     *fake.token.lock().expect("lock") = "rotated".into();
-    fake.lists.lock().expect("lock").push_back(pod_list("100", vec![pod("u1", "p1", "90")]));
+    fake.lists
+        .lock()
+        .expect("lock")
+        .push_back(pod_list("100", vec![pod("u1", "p1", "90")]));
     let (fake, url) = serve(fake).await?;
     let mut run = start(&url, "expired", 500).await?;
 
     // The server refuses the old token; the source keeps retrying with backoff.
-    until(&fake, "two refused lists", |s| s.iter().filter(|s| s.status == 401).count() >= 2).await?;
+    until(&fake, "two refused lists", |s| {
+        s.iter().filter(|s| s.status == 401).count() >= 2
+    })
+    .await?;
     assert!(run.rx.try_recv().is_err());
     // The kubelet rotates the projected token; the next attempt must use the new one.
     std::fs::write(&run.token_file, "rotated\n")?;
     assert_eq!(run.next().await?, ev(Added, "u1"));
     let seen = until(&fake, "a watch", |s| s.iter().any(|s| s.watch)).await?;
-    assert!(seen.iter().filter(|s| s.status == 401).all(|s| s.auth.as_deref() == Some("Bearer expired")));
-    assert!(seen.iter().filter(|s| s.status == 200).all(|s| s.auth.as_deref() == Some("Bearer rotated")));
+    assert!(
+        seen.iter()
+            .filter(|s| s.status == 401)
+            .all(|s| s.auth.as_deref() == Some("Bearer expired"))
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.status == 200)
+            .all(|s| s.auth.as_deref() == Some("Bearer rotated"))
+    );
     assert_eq!(fake.lists_seen().len(), 1);
     run.stop().await
 }
 
 #[tokio::test]
-async fn a_server_error_on_watch_backs_off_and_watches_again_without_relisting() -> anyhow::Result<()> {
+async fn a_server_error_on_watch_backs_off_and_watches_again_without_relisting()
+-> anyhow::Result<()> {
     let fake = Fake::default();
     *fake.token.lock().expect("lock") = "tok".into();
-    fake.lists.lock().expect("lock").push_back(pod_list("100", vec![]));
-    fake.watches.lock().expect("lock").push_back(Reply::Status(500));
+    fake.lists
+        .lock()
+        .expect("lock")
+        .push_back(pod_list("100", vec![]));
+    fake.watches
+        .lock()
+        .expect("lock")
+        .push_back(Reply::Status(500));
     let (fake, url) = serve(fake).await?;
     let run = start(&url, "tok", 500).await?;
 
-    let seen = until(&fake, "a second watch", |s| s.iter().filter(|s| s.watch).count() >= 2).await?;
-    assert_eq!(seen.iter().filter(|s| !s.watch).count(), 1, "a 500 is not a reason to relist");
+    let seen = until(&fake, "a second watch", |s| {
+        s.iter().filter(|s| s.watch).count() >= 2
+    })
+    .await?;
+    assert_eq!(
+        seen.iter().filter(|s| !s.watch).count(),
+        1,
+        "a 500 is not a reason to relist"
+    );
     let watches: Vec<&Seen> = seen.iter().filter(|s| s.watch).collect();
     assert_eq!(watches[0].status, 500);
-    assert_eq!(watches[1].query.get("resourceVersion").map(String::as_str), Some("100"));
-    assert_eq!(fake.watches_seen().len(), 1, "only the held watch succeeded");
+    assert_eq!(
+        watches[1].query.get("resourceVersion").map(String::as_str),
+        Some("100")
+    );
+    assert_eq!(
+        fake.watches_seen().len(),
+        1,
+        "only the held watch succeeded"
+    );
     run.stop().await
 }
 
@@ -392,7 +602,10 @@ async fn a_server_error_on_watch_backs_off_and_watches_again_without_relisting()
 async fn shutdown_or_a_dropped_receiver_ends_run_with_ok() -> anyhow::Result<()> {
     let fake = Fake::default();
     *fake.token.lock().expect("lock") = "tok".into();
-    fake.lists.lock().expect("lock").push_back(pod_list("100", vec![pod("u1", "p1", "90")]));
+    fake.lists
+        .lock()
+        .expect("lock")
+        .push_back(pod_list("100", vec![pod("u1", "p1", "90")]));
     let (fake, url) = serve(fake).await?;
 
     // A silent, open watch is interrupted by the cancellation token.
@@ -403,9 +616,18 @@ async fn shutdown_or_a_dropped_receiver_ends_run_with_ok() -> anyhow::Result<()>
 
     // The pipeline going away (receiver dropped) ends the source too.
     let run = start(&url, "tok", 500).await?;
-    let Running { rx, task, shutdown, _dir, .. } = run;
+    let Running {
+        rx,
+        task,
+        shutdown,
+        _dir,
+        ..
+    } = run;
     drop(rx);
-    tokio::time::timeout(WAIT, task).await.context("run did not stop")??.context("run failed")?;
+    tokio::time::timeout(WAIT, task)
+        .await
+        .context("run did not stop")??
+        .context("run failed")?;
     assert!(!shutdown.is_cancelled());
     Ok(())
 }

@@ -27,8 +27,9 @@ use statrs::distribution::{ContinuousCDF, Normal};
 
 use super::Problems;
 use super::gpu_series::{
-    Allocations, AsKey, Attribution, EpisodeCore, GpuRows, Grade, KeyView, NANOS, RoleSeverities, SeriesKey,
-    SeriesMap, gpu_name, map_bytes, metric, nanos_to_secs, rfc3339, round3, secs_to_nanos, who,
+    Allocations, AsKey, Attribution, EpisodeCore, GpuRows, Grade, KeyView, NANOS, RoleSeverities,
+    SeriesKey, SeriesMap, gpu_name, map_bytes, metric, nanos_to_secs, rfc3339, round3,
+    secs_to_nanos, who,
 };
 use crate::detector::{DetectContext, Detector};
 use crate::finding::{Finding, Status};
@@ -61,7 +62,8 @@ pub struct GpuMemorySpikeConfig {
     pub baseline_alpha: f64,
     /// Baseline updates are clipped to this many σ (Huber), so outliers barely move it.
     pub clip_deviations: f64,
-    /// A series is back near its baseline when within this many MiB of it.
+    /// A series is back near its baseline when less than this many MiB above it: half of
+    /// `min_rise_mib`, the usual hysteresis band (raise at +2 GiB, clear below +1 GiB).
     pub resolve_rise_mib: f64,
     /// …for this long (hysteresis) before the episode resolves.
     pub resolve_after_secs: u64,
@@ -92,7 +94,7 @@ impl Default for GpuMemorySpikeConfig {
             warmup_samples: 3,
             baseline_alpha: 0.05,
             clip_deviations: 3.0,
-            resolve_rise_mib: 512.0,
+            resolve_rise_mib: 1024.0,
             resolve_after_secs: 120,
             update_growth_ratio: 1.5,
             accept_new_level_after_secs: 6 * 3600,
@@ -118,15 +120,35 @@ impl GpuMemorySpikeConfig {
         p.number(path, "min_deviations", self.min_deviations, 0.0, false);
         p.number(path, "min_scale_mib", self.min_scale_mib, 0.0, true);
         p.secs(path, "window_secs", self.window_secs);
-        p.range(path, "baseline_alpha", self.baseline_alpha, f64::MIN_POSITIVE, 1.0);
+        p.range(
+            path,
+            "baseline_alpha",
+            self.baseline_alpha,
+            f64::MIN_POSITIVE,
+            1.0,
+        );
         p.number(path, "clip_deviations", self.clip_deviations, 0.0, true);
         p.number(path, "resolve_rise_mib", self.resolve_rise_mib, 0.0, false);
         if self.min_rise_mib > 0.0 && self.resolve_rise_mib >= self.min_rise_mib {
-            p.push(path, "resolve_rise_mib", "must be below min_rise_mib (hysteresis)");
+            p.push(
+                path,
+                "resolve_rise_mib",
+                "must be below min_rise_mib (hysteresis)",
+            );
         }
         p.secs(path, "resolve_after_secs", self.resolve_after_secs);
-        p.number(path, "update_growth_ratio", self.update_growth_ratio, 1.0, true);
-        p.secs(path, "accept_new_level_after_secs", self.accept_new_level_after_secs);
+        p.number(
+            path,
+            "update_growth_ratio",
+            self.update_growth_ratio,
+            1.0,
+            true,
+        );
+        p.secs(
+            path,
+            "accept_new_level_after_secs",
+            self.accept_new_level_after_secs,
+        );
         p.secs(path, "role_recheck_secs", self.role_recheck_secs);
         p.secs(path, "idle_timeout_secs", self.idle_timeout_secs);
     }
@@ -193,12 +215,20 @@ struct WindowMin {
 
 impl WindowMin {
     fn new(ts: i64) -> Self {
-        WindowMin { start: ts, cur: f32::INFINITY, prev: f32::INFINITY }
+        WindowMin {
+            start: ts,
+            cur: f32::INFINITY,
+            prev: f32::INFINITY,
+        }
     }
 
     fn roll(&mut self, ts: i64, window: i64) {
         if ts >= self.start.saturating_add(window) {
-            self.prev = if ts < self.start.saturating_add(window.saturating_mul(2)) { self.cur } else { f32::INFINITY };
+            self.prev = if ts < self.start.saturating_add(window.saturating_mul(2)) {
+                self.cur
+            } else {
+                f32::INFINITY
+            };
             self.cur = f32::INFINITY;
             self.start = ts;
         }
@@ -284,7 +314,13 @@ impl GpuMemorySpike {
             judge_unallocated: cfg.severity_by_role.unallocated != Grade::Ignore,
             cfg,
         };
-        GpuMemorySpike { s, series: SeriesMap::default(), key_heap: 0, allocations: Allocations::default(), next_sweep: i64::MIN }
+        GpuMemorySpike {
+            s,
+            series: SeriesMap::default(),
+            key_heap: 0,
+            allocations: Allocations::default(),
+            next_sweep: i64::MIN,
+        }
     }
 }
 
@@ -304,7 +340,10 @@ impl Detector for GpuMemorySpike {
             return;
         }
         let Some(rows) = GpuRows::new(batch) else {
-            tracing::debug!(detector = NAME, "batch does not follow the gpu_metrics schema; skipped");
+            tracing::debug!(
+                detector = NAME,
+                "batch does not follow the gpu_metrics schema; skipped"
+            );
             return;
         };
         for row in 0..rows.len() {
@@ -312,7 +351,9 @@ impl Detector for GpuMemorySpike {
                 continue;
             }
             let Some(key) = rows.key(row) else { continue };
-            let Some(x) = rows.value(row).filter(|v| *v >= 0.0) else { continue };
+            let Some(x) = rows.value(row).filter(|v| *v >= 0.0) else {
+                continue;
+            };
             let ts = rows.ts(row);
             if key.has_pod() {
                 if self.s.judge_unallocated {
@@ -321,13 +362,25 @@ impl Detector for GpuMemorySpike {
             } else if !self.s.judge_unallocated {
                 continue;
             }
-            let smp = Sample { key, ts, x, rows: &rows, row };
-            let env = Env { s: &self.s, inventory: cx.inventory, allocations: &self.allocations };
+            let smp = Sample {
+                key,
+                ts,
+                x,
+                rows: &rows,
+                row,
+            };
+            let env = Env {
+                s: &self.s,
+                inventory: cx.inventory,
+                allocations: &self.allocations,
+            };
             if let Some(series) = self.series.get_mut(&key as &dyn AsKey) {
                 series.step(&env, &smp, out);
                 continue;
             }
-            let Some(k) = SeriesKey::new(&key) else { continue };
+            let Some(k) = SeriesKey::new(&key) else {
+                continue;
+            };
             self.key_heap += k.heap_bytes();
             let series = self.series.entry(k).or_insert_with(|| Series::new(ts));
             series.step(&env, &smp, out);
@@ -346,7 +399,13 @@ impl Detector for GpuMemorySpike {
             }
             if let Some(mut ep) = series.episode.take() {
                 let key = k.view();
-                out.push(ep.emit(s, &key, Status::Resolved, series.last_ts, Some("the series stopped reporting")));
+                out.push(ep.emit(
+                    s,
+                    &key,
+                    Status::Resolved,
+                    series.last_ts,
+                    Some("the series stopped reporting"),
+                ));
             }
             *heap -= k.heap_bytes();
             false
@@ -415,11 +474,18 @@ impl Series {
         let level = f64::from(self.base.level);
         let rise = x - level;
         // The lowest value of the last window; after a gap longer than that, the last value.
-        let window_min = f64::from(if self.win.min().is_finite() { self.win.min() } else { self.prev });
+        let window_min = f64::from(if self.win.min().is_finite() {
+            self.win.min()
+        } else {
+            self.prev
+        });
         let window_rise = x - window_min;
         let sigma = self.base.sigma(cfg.min_scale_mib);
         let deviations = rise / sigma;
-        if rise < cfg.min_rise_mib || window_rise < cfg.min_rise_mib || deviations < cfg.min_deviations {
+        if rise < cfg.min_rise_mib
+            || window_rise < cfg.min_rise_mib
+            || deviations < cfg.min_deviations
+        {
             return;
         }
         if !smp.key.has_pod() && env.allocations.allocated(&smp.key, ts, s.grace) {
@@ -428,11 +494,19 @@ impl Series {
             return;
         }
         let attribution = Attribution::of(env.inventory, &smp.key, smp.rows.context(smp.row));
-        let Some(severity) = cfg.severity_by_role.grade(attribution.role, attribution.unallocated).severity() else {
+        let Some(severity) = cfg
+            .severity_by_role
+            .grade(attribution.role, attribution.unallocated)
+            .severity()
+        else {
             self.ignore_until = ts.saturating_add(s.recheck);
             return;
         };
-        let elapsed = if self.last_ts == i64::MIN { None } else { Some(round3(nanos_to_secs(ts - self.last_ts))) };
+        let elapsed = if self.last_ts == i64::MIN {
+            None
+        } else {
+            Some(round3(nanos_to_secs(ts - self.last_ts)))
+        };
         let raised = json!({
             "ts": rfc3339(ts),
             "value_mib": x,
@@ -494,7 +568,13 @@ impl Episode {
             }
             if ts - self.near_since >= s.resolve_after {
                 self.core.add_event(&smp.key, ts);
-                out.push(self.emit(s, &smp.key, Status::Resolved, ts, Some("the series returned to its baseline")));
+                out.push(self.emit(
+                    s,
+                    &smp.key,
+                    Status::Resolved,
+                    ts,
+                    Some("the series returned to its baseline"),
+                ));
                 return After::Resolved;
             }
             return After::Open;
@@ -502,18 +582,30 @@ impl Episode {
         self.near_since = i64::MIN;
         if ts - self.core.window_start >= s.accept_after {
             self.core.add_event(&smp.key, ts);
-            out.push(self.emit(s, &smp.key, Status::Resolved, ts, Some("the new level persisted and became the baseline")));
-            return After::Rebased(Baseline { level: x as f32, ..self.base });
+            out.push(self.emit(
+                s,
+                &smp.key,
+                Status::Resolved,
+                ts,
+                Some("the new level persisted and became the baseline"),
+            ));
+            return After::Rebased(Baseline {
+                level: x as f32,
+                ..self.base
+            });
         }
         if rise >= f64::from(self.reported_rise) * cfg.update_growth_ratio {
             // Material growth: report it, with the role as the inventory knows it now (never
             // lowering the severity within an episode).
             let attribution = Attribution::of(env.inventory, &smp.key, smp.rows.context(smp.row));
-            if let Some(sev) = cfg.severity_by_role.grade(attribution.role, attribution.unallocated).severity() {
-                if sev > self.core.severity {
-                    self.core.severity = sev;
-                    self.core.attribution = attribution;
-                }
+            let grade = cfg
+                .severity_by_role
+                .grade(attribution.role, attribution.unallocated);
+            if let Some(sev) = grade.severity()
+                && sev > self.core.severity
+            {
+                self.core.severity = sev;
+                self.core.attribution = attribution;
             }
             self.reported_rise = rise as f32;
             self.core.add_event(&smp.key, ts);
@@ -522,19 +614,28 @@ impl Episode {
         After::Open
     }
 
-    fn emit(&mut self, s: &Settings, key: &KeyView<'_>, status: Status, last_ts: i64, resolution: Option<&str>) -> Finding {
+    fn emit(
+        &mut self,
+        s: &Settings,
+        key: &KeyView<'_>,
+        status: Status,
+        last_ts: i64,
+        resolution: Option<&str>,
+    ) -> Finding {
         let cfg = &s.cfg;
         let level = f64::from(self.base.level);
         let rise = self.raised["rise_mib"].as_f64().unwrap_or_default();
         let elapsed = self.raised["elapsed_secs"].as_f64();
         let summary = match status {
             Status::Firing => format!(
-                "GPU memory on {} rose {:.0} MiB over its baseline of {:.0} MiB{} on {}; peak {:.0} MiB",
+                "GPU memory of {} on {} rose {:.0} MiB over its baseline of {:.0} MiB{}; peak {:.0} MiB",
+                who(key, &self.core.attribution),
                 gpu_name(key),
                 rise,
                 level,
-                elapsed.map(|e| format!(" within {e} s")).unwrap_or_default(),
-                who(key, &self.core.attribution),
+                elapsed
+                    .map(|e| format!(" within {e} s"))
+                    .unwrap_or_default(),
                 self.peak,
             ),
             Status::Resolved => format!(
@@ -566,7 +667,8 @@ impl Episode {
                 "resolve_after_secs": cfg.resolve_after_secs,
             },
         });
-        self.core.emit(NAME, key, status, last_ts, summary, evidence)
+        self.core
+            .emit(NAME, key, status, last_ts, summary, evidence)
     }
 }
 
@@ -584,15 +686,24 @@ mod tests {
 
     fn run(d: &mut GpuMemorySpike, values: &[(i64, Option<f64>)]) -> Vec<Finding> {
         let inv = Inventory::default();
-        let cx = DetectContext { inventory: &inv, watermark: 0 };
-        let rows: Vec<Row<'_>> = values.iter().map(|&(t, v)| Row::pod(t * NANOS, metric::FB_USED, "GPU-1", "nb-0", v)).collect();
+        let cx = DetectContext {
+            inventory: &inv,
+            watermark: 0,
+        };
+        let rows: Vec<Row<'_>> = values
+            .iter()
+            .map(|&(t, v)| Row::pod(t * NANOS, metric::FB_USED, "GPU-1", "nb-0", v))
+            .collect();
         let mut out = Vec::new();
         d.observe(&cx, Stream::GpuMetrics, &batch(&rows), &mut out);
         out
     }
 
     fn secs(v: &[f64]) -> Vec<(i64, Option<f64>)> {
-        v.iter().enumerate().map(|(i, &x)| (i as i64 * 30, Some(x))).collect()
+        v.iter()
+            .enumerate()
+            .map(|(i, &x)| (i as i64 * 30, Some(x)))
+            .collect()
     }
 
     #[test]
@@ -603,8 +714,17 @@ mod tests {
         v.extend([20_000.0; 10]);
         v.extend([120.0; 10]);
         let out = run(&mut d, &secs(&v));
-        let st: Vec<(Status, Severity, u32)> = out.iter().map(|f| (f.status, f.severity, f.revision)).collect();
-        assert_eq!(st, [(Status::Firing, Severity::Medium, 0), (Status::Resolved, Severity::Medium, 1)]);
+        let st: Vec<(Status, Severity, u32)> = out
+            .iter()
+            .map(|f| (f.status, f.severity, f.revision))
+            .collect();
+        assert_eq!(
+            st,
+            [
+                (Status::Firing, Severity::Medium, 0),
+                (Status::Resolved, Severity::Medium, 1)
+            ]
+        );
         assert_eq!(out[0].id, out[1].id);
         assert_eq!(out[0].ts, 10 * 30 * NANOS);
         // Resolved 120 s after the first sample near the baseline (t = 600 s).
@@ -642,7 +762,15 @@ mod tests {
         v.extend([8000.0]); // new episode
         let out = run(&mut d, &secs(&v));
         let st: Vec<(Status, u32)> = out.iter().map(|f| (f.status, f.revision)).collect();
-        assert_eq!(st, [(Status::Firing, 0), (Status::Firing, 1), (Status::Resolved, 2), (Status::Firing, 0)]);
+        assert_eq!(
+            st,
+            [
+                (Status::Firing, 0),
+                (Status::Firing, 1),
+                (Status::Resolved, 2),
+                (Status::Firing, 0)
+            ]
+        );
         assert_eq!(out[0].id, out[2].id);
         assert_ne!(out[0].id, out[3].id);
     }
@@ -653,7 +781,10 @@ mod tests {
         let out = run(&mut d, &secs(&[0.0, 0.0, 0.0, 0.0, 9000.0]));
         assert_eq!(out.len(), 1);
         let inv = Inventory::default();
-        let cx = DetectContext { inventory: &inv, watermark: 0 };
+        let cx = DetectContext {
+            inventory: &inv,
+            watermark: 0,
+        };
         let mut out = Vec::new();
         d.on_tick(&cx, 200 * NANOS, &mut out);
         assert!(out.is_empty());

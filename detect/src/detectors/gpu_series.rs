@@ -9,6 +9,7 @@
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, StringArray, UInt32Array};
 use arrow::datatypes::{TimestampNanosecondType, UInt32Type};
@@ -52,7 +53,9 @@ pub(crate) const NANOS: i64 = 1_000_000_000;
 
 /// Seconds (config) to nanoseconds, saturating.
 pub(crate) fn secs_to_nanos(secs: u64) -> i64 {
-    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(NANOS)
+    i64::try_from(secs)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(NANOS)
 }
 
 /// Nanoseconds to (fractional) seconds, for evidence.
@@ -62,7 +65,11 @@ pub(crate) fn nanos_to_secs(ns: i64) -> f64 {
 
 /// Rounds for evidence: enough digits to read, no float noise.
 pub(crate) fn round3(x: f64) -> f64 {
-    if x.is_finite() { (x * 1000.0).round() / 1000.0 } else { x }
+    if x.is_finite() {
+        (x * 1000.0).round() / 1000.0
+    } else {
+        x
+    }
 }
 
 /// RFC 3339 text of an event time, for evidence.
@@ -94,13 +101,18 @@ impl<'a> KeyView<'a> {
 
     /// The GPU (instance) this series is on, without the pod.
     pub fn gpu(&self) -> KeyView<'a> {
-        KeyView { namespace: "", pod: "", ..*self }
+        KeyView {
+            namespace: "",
+            pod: "",
+            ..*self
+        }
     }
 
     /// The entity key hashed into finding ids: `GPU-…[/mig<N>]/<namespace>/<pod>` or
     /// `GPU-…[/mig<N>]/<none>`.
     pub fn entity_key(&self) -> String {
-        let mut s = String::with_capacity(self.uuid.len() + self.namespace.len() + self.pod.len() + 16);
+        let mut s =
+            String::with_capacity(self.uuid.len() + self.namespace.len() + self.pod.len() + 16);
         s.push_str(self.uuid);
         if let Some(gi) = self.gi {
             s.push_str("/mig");
@@ -133,10 +145,11 @@ impl Hash for KeyView<'_> {
     }
 }
 
-/// An owned series key: the three strings in one allocation.
+/// An owned series key: the three strings in one shared allocation (cloned into pending lists
+/// for the price of a reference count).
 #[derive(Debug, Clone)]
 pub(crate) struct SeriesKey {
-    text: Box<str>,
+    text: Arc<str>,
     uuid_len: u16,
     namespace_len: u16,
     gi: u32,
@@ -154,19 +167,29 @@ impl SeriesKey {
         text.push_str(v.uuid);
         text.push_str(v.namespace);
         text.push_str(v.pod);
-        Some(SeriesKey { text: text.into_boxed_str(), uuid_len, namespace_len, gi: v.gi.unwrap_or(u32::MAX) })
+        Some(SeriesKey {
+            text: Arc::from(text),
+            uuid_len,
+            namespace_len,
+            gi: v.gi.unwrap_or(u32::MAX),
+        })
     }
 
     /// The key as a view.
     pub fn view(&self) -> KeyView<'_> {
         let (u, rest) = self.text.split_at(usize::from(self.uuid_len));
         let (ns, pod) = rest.split_at(usize::from(self.namespace_len));
-        KeyView { uuid: u, gi: (self.gi != u32::MAX).then_some(self.gi), namespace: ns, pod }
+        KeyView {
+            uuid: u,
+            gi: (self.gi != u32::MAX).then_some(self.gi),
+            namespace: ns,
+            pod,
+        }
     }
 
-    /// Heap bytes held by the key.
+    /// Heap bytes held by the key (text and the two reference counts).
     pub fn heap_bytes(&self) -> usize {
-        self.text.len()
+        self.text.len() + 2 * size_of::<usize>()
     }
 }
 
@@ -229,6 +252,26 @@ pub(crate) fn map_bytes<S>(map: &SeriesMap<S>, key_heap: usize) -> usize {
     map.capacity() * (size_of::<SeriesKey>() + size_of::<S>() + 1) + key_heap
 }
 
+/// Where a row lands in a series' scrape slot (detectors that combine several metrics of one
+/// scrape collect them in a slot and judge the scrape once the watermark has passed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    /// Older than the slot, or of a scrape already judged: dropped.
+    Late,
+    /// Same scrape as the open slot.
+    Same,
+    /// A new scrape: the slot was (re)opened; the series goes on the pending list.
+    Opened,
+}
+
+/// Series with an open scrape slot: `(slot time, key)`. Ticks judge those the watermark has
+/// passed, so a tick costs O(open slots), not O(series). Stale entries (the slot was judged
+/// when the series' next scrape arrived) are dropped when met.
+pub(crate) type PendingSlots = Vec<(i64, SeriesKey)>;
+
+/// How often (event time) idle series are swept out.
+pub(crate) const SWEEP_NANOS: i64 = 60 * NANOS;
+
 // ---------------------------------------------------------------------------------------------
 // Rows
 
@@ -253,9 +296,14 @@ impl<'a> GpuRows<'a> {
     pub fn new(batch: &'a RecordBatch) -> Option<Self> {
         let s = |name: &str| batch.column_by_name(name)?.as_string_opt::<i32>();
         let rows = GpuRows {
-            ts: batch.column_by_name(schema::TS)?.as_primitive_opt::<TimestampNanosecondType>()?.values(),
+            ts: batch
+                .column_by_name(schema::TS)?
+                .as_primitive_opt::<TimestampNanosecondType>()?
+                .values(),
             metric: s(gpu_metrics::METRIC)?,
-            value: batch.column_by_name(gpu_metrics::VALUE)?.as_primitive_opt()?,
+            value: batch
+                .column_by_name(gpu_metrics::VALUE)?
+                .as_primitive_opt()?,
             uuid: s(schema::GPU_UUID)?,
             namespace: s(schema::NAMESPACE)?,
             pod: s(schema::POD)?,
@@ -263,7 +311,9 @@ impl<'a> GpuRows<'a> {
             container: s(schema::CONTAINER)?,
             node: s(schema::NODE)?,
             cluster: s(schema::CLUSTER)?,
-            gi: batch.column_by_name(gpu_metrics::GPU_I_ID)?.as_primitive_opt::<UInt32Type>()?,
+            gi: batch
+                .column_by_name(gpu_metrics::GPU_I_ID)?
+                .as_primitive_opt::<UInt32Type>()?,
         };
         Some(rows)
     }
@@ -308,9 +358,18 @@ impl<'a> GpuRows<'a> {
             return None;
         }
         let (namespace, pod) = (Self::text(self.namespace, i), Self::text(self.pod, i));
-        let (namespace, pod) = if namespace.is_empty() || pod.is_empty() { ("", "") } else { (namespace, pod) };
+        let (namespace, pod) = if namespace.is_empty() || pod.is_empty() {
+            ("", "")
+        } else {
+            (namespace, pod)
+        };
         let gi = (!self.gi.is_null(i)).then(|| self.gi.value(i));
-        Some(KeyView { uuid, gi, namespace, pod })
+        Some(KeyView {
+            uuid,
+            gi,
+            namespace,
+            pod,
+        })
     }
 
     /// Node, pod UID, container and cluster of row `i`, kept for the finding.
@@ -336,7 +395,10 @@ pub(crate) struct RowContext {
 
 impl RowContext {
     fn heap_bytes(&self) -> usize {
-        [&self.node, &self.pod_uid, &self.container, &self.cluster].iter().map(|s| s.as_ref().map_or(0, String::capacity)).sum()
+        [&self.node, &self.pod_uid, &self.container, &self.cluster]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::capacity))
+            .sum()
     }
 }
 
@@ -380,7 +442,9 @@ impl Allocations {
     /// Whether `key`'s GPU (instance) had a pod-labelled series within `grace` ns before `ts`
     /// (or after it).
     pub fn allocated(&self, key: &KeyView<'_>, ts: i64, grace: i64) -> bool {
-        self.last.get(&key.gpu() as &dyn AsKey).is_some_and(|&t| t >= ts.saturating_sub(grace))
+        self.last
+            .get(&key.gpu() as &dyn AsKey)
+            .is_some_and(|&t| t >= ts.saturating_sub(grace))
     }
 
     /// Forgets GPUs not witnessed for `idle` ns before `now`.
@@ -497,9 +561,19 @@ impl Attribution {
                 context,
             };
         }
-        let pod = inventory.lookup(context.pod_uid.as_deref(), Some(key.namespace), Some(key.pod));
+        let pod = inventory.lookup(
+            context.pod_uid.as_deref(),
+            Some(key.namespace),
+            Some(key.pod),
+        );
         let (role, role_reason) = inventory.role_of(pod);
-        Attribution { role, role_reason, unallocated: false, gpu_request: pod.map(|p| p.gpu_request()), context }
+        Attribution {
+            role,
+            role_reason,
+            unallocated: false,
+            gpu_request: pod.map(|p| p.gpu_request()),
+            context,
+        }
     }
 
     fn heap_bytes(&self) -> usize {
@@ -530,8 +604,20 @@ pub(crate) struct EpisodeCore {
 const MAX_EVENT_IDS: usize = 8;
 
 impl EpisodeCore {
-    pub fn new(window_start: i64, raised_ts: i64, severity: Severity, attribution: Attribution) -> Self {
-        EpisodeCore { window_start, raised_ts, severity, revision: 0, attribution, event_ids: Vec::new() }
+    pub fn new(
+        window_start: i64,
+        raised_ts: i64,
+        severity: Severity,
+        attribution: Attribution,
+    ) -> Self {
+        EpisodeCore {
+            window_start,
+            raised_ts,
+            severity,
+            revision: 0,
+            attribution,
+            event_ids: Vec::new(),
+        }
     }
 
     /// Adds the id of a deciding sample (the first ones and the latest are kept).
@@ -586,16 +672,21 @@ impl EpisodeCore {
 
     /// Approximate heap bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.attribution.heap_bytes() + self.event_ids.iter().map(|s| s.capacity() + size_of::<String>()).sum::<usize>()
+        self.attribution.heap_bytes()
+            + self
+                .event_ids
+                .iter()
+                .map(|s| s.capacity() + size_of::<String>())
+                .sum::<usize>()
     }
 }
 
-/// Who the series is, for a summary line: `pod ns/name` or `no pod`.
+/// Who the series is, for a summary line: `pod ns/name (role)` or `no pod`.
 pub(crate) fn who(v: &KeyView<'_>, a: &Attribution) -> String {
     if v.has_pod() {
         format!("pod {}/{} ({})", v.namespace, v.pod, a.role)
     } else {
-        "no pod (GPU allocated to no pod)".to_string()
+        "no pod".to_string()
     }
 }
 
@@ -612,7 +703,9 @@ pub(crate) fn gpu_name(v: &KeyView<'_>) -> String {
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt32Array};
+    use arrow::array::{
+        ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt32Array,
+    };
     use gpusiem_ingest::Stream;
 
     /// One row: time (ns), metric, GPU UUID, pod (namespace `ml`) or none, value.
@@ -626,12 +719,30 @@ pub(crate) mod testing {
     }
 
     impl<'a> Row<'a> {
-        pub fn pod(ts: i64, metric: &'a str, uuid: &'a str, pod: &'a str, value: Option<f64>) -> Self {
-            Row { ts, metric, uuid, pod: Some(pod), value }
+        pub fn pod(
+            ts: i64,
+            metric: &'a str,
+            uuid: &'a str,
+            pod: &'a str,
+            value: Option<f64>,
+        ) -> Self {
+            Row {
+                ts,
+                metric,
+                uuid,
+                pod: Some(pod),
+                value,
+            }
         }
 
         pub fn none(ts: i64, metric: &'a str, uuid: &'a str, value: Option<f64>) -> Self {
-            Row { ts, metric, uuid, pod: None, value }
+            Row {
+                ts,
+                metric,
+                uuid,
+                pod: None,
+                value,
+            }
         }
     }
 
@@ -644,13 +755,28 @@ pub(crate) mod testing {
             .iter()
             .map(|f| -> ArrayRef {
                 match f.name().as_str() {
-                    "ts" => Arc::new(TimestampNanosecondArray::from(rows.iter().map(|r| r.ts).collect::<Vec<_>>()).with_timezone("UTC")),
-                    "metric" => Arc::new(StringArray::from(rows.iter().map(|r| r.metric).collect::<Vec<_>>())),
-                    "gpu_uuid" => Arc::new(StringArray::from(rows.iter().map(|r| Some(r.uuid)).collect::<Vec<_>>())),
+                    "ts" => Arc::new(
+                        TimestampNanosecondArray::from(
+                            rows.iter().map(|r| r.ts).collect::<Vec<_>>(),
+                        )
+                        .with_timezone("UTC"),
+                    ),
+                    "metric" => Arc::new(StringArray::from(
+                        rows.iter().map(|r| r.metric).collect::<Vec<_>>(),
+                    )),
+                    "gpu_uuid" => Arc::new(StringArray::from(
+                        rows.iter().map(|r| Some(r.uuid)).collect::<Vec<_>>(),
+                    )),
                     "node" => Arc::new(StringArray::from(vec![Some("node-1"); n])),
-                    "namespace" => Arc::new(StringArray::from(rows.iter().map(|r| r.pod.map(|_| "ml")).collect::<Vec<_>>())),
-                    "pod" => Arc::new(StringArray::from(rows.iter().map(|r| r.pod).collect::<Vec<_>>())),
-                    "value" => Arc::new(Float64Array::from(rows.iter().map(|r| r.value).collect::<Vec<_>>())),
+                    "namespace" => Arc::new(StringArray::from(
+                        rows.iter().map(|r| r.pod.map(|_| "ml")).collect::<Vec<_>>(),
+                    )),
+                    "pod" => Arc::new(StringArray::from(
+                        rows.iter().map(|r| r.pod).collect::<Vec<_>>(),
+                    )),
+                    "value" => Arc::new(Float64Array::from(
+                        rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+                    )),
                     "gpu" | "gpu_i_id" => Arc::new(UInt32Array::from(vec![None; n])),
                     _ => Arc::new(StringArray::from(vec![None::<&str>; n])),
                 }
@@ -667,7 +793,12 @@ mod tests {
     use super::*;
 
     fn view<'a>(uuid: &'a str, gi: Option<u32>, ns: &'a str, pod: &'a str) -> KeyView<'a> {
-        KeyView { uuid, gi, namespace: ns, pod }
+        KeyView {
+            uuid,
+            gi,
+            namespace: ns,
+            pod,
+        }
     }
 
     #[test]
@@ -680,17 +811,29 @@ mod tests {
         let mut m: SeriesMap<u8> = SeriesMap::default();
         m.insert(k, 7);
         assert_eq!(m.get(&v as &dyn AsKey), Some(&7));
-        assert_eq!(m.get(&view("GPU-1", None, "ml", "nb-0") as &dyn AsKey), None);
+        assert_eq!(
+            m.get(&view("GPU-1", None, "ml", "nb-0") as &dyn AsKey),
+            None
+        );
         // The split between namespace and pod is part of the key.
-        assert_eq!(m.get(&view("GPU-1", Some(3), "mln", "b-0") as &dyn AsKey), None);
+        assert_eq!(
+            m.get(&view("GPU-1", Some(3), "mln", "b-0") as &dyn AsKey),
+            None
+        );
     }
 
     #[test]
     fn entity_keys_and_event_ids() {
         let k = SeriesKey::new(&view("GPU-1", None, "ml", "nb-0")).expect("key");
         assert_eq!(k.view().entity_key(), "GPU-1/ml/nb-0");
-        assert_eq!(k.view().event_id(1_000_000_000), "gpu_metrics:GPU-1/ml/nb-0@1970-01-01T00:00:01.000000000Z");
-        assert_eq!(view("GPU-1", Some(2), "", "").entity_key(), "GPU-1/mig2/<none>");
+        assert_eq!(
+            k.view().event_id(1_000_000_000),
+            "gpu_metrics:GPU-1/ml/nb-0@1970-01-01T00:00:01.000000000Z"
+        );
+        assert_eq!(
+            view("GPU-1", Some(2), "", "").entity_key(),
+            "GPU-1/mig2/<none>"
+        );
     }
 
     #[test]

@@ -28,8 +28,9 @@ use serde_json::json;
 
 use super::Problems;
 use super::gpu_series::{
-    Allocations, AsKey, Attribution, EpisodeCore, GpuRows, Grade, KeyView, RoleSeverities, RowContext,
-    SeriesKey, SeriesMap, gpu_name, map_bytes, metric, nanos_to_secs, rfc3339, round3, secs_to_nanos, who,
+    Accept, Allocations, AsKey, Attribution, EpisodeCore, GpuRows, Grade, KeyView, PendingSlots,
+    RoleSeverities, RowContext, SWEEP_NANOS, SeriesKey, SeriesMap, gpu_name, map_bytes, metric,
+    nanos_to_secs, rfc3339, round3, secs_to_nanos, who,
 };
 use crate::detector::{DetectContext, Detector};
 use crate::finding::{Finding, Severity, Status};
@@ -103,11 +104,29 @@ impl Default for MinerFingerprintConfig {
 
 impl MinerFingerprintConfig {
     pub(super) fn validate(&self, path: &str, p: &mut Problems) {
-        p.range(path, "min_util_pct", self.min_util_pct, f64::MIN_POSITIVE, 100.0);
+        p.range(
+            path,
+            "min_util_pct",
+            self.min_util_pct,
+            f64::MIN_POSITIVE,
+            100.0,
+        );
         p.secs(path, "min_duration_secs", self.min_duration_secs);
         p.number(path, "max_power_cv", self.max_power_cv, 0.0, true);
-        p.range(path, "max_tensor_active_ratio", self.max_tensor_active_ratio, 0.0, 1.0);
-        p.range(path, "max_fp_active_ratio", self.max_fp_active_ratio, 0.0, 3.0);
+        p.range(
+            path,
+            "max_tensor_active_ratio",
+            self.max_tensor_active_ratio,
+            0.0,
+            1.0,
+        );
+        p.range(
+            path,
+            "max_fp_active_ratio",
+            self.max_fp_active_ratio,
+            0.0,
+            3.0,
+        );
         p.secs(path, "window_secs", self.window_secs);
         p.secs(path, "resolve_after_secs", self.resolve_after_secs);
         p.secs(path, "role_recheck_secs", self.role_recheck_secs);
@@ -157,7 +176,11 @@ impl Decayed {
 
     /// Weighted (population) variance.
     pub fn var(&self) -> f64 {
-        if self.w > 0.0 { (self.m2 / self.w).max(0.0) } else { 0.0 }
+        if self.w > 0.0 {
+            (self.m2 / self.w).max(0.0)
+        } else {
+            0.0
+        }
     }
 
     /// Mean, `None` before any sample.
@@ -178,7 +201,14 @@ struct Slot {
 }
 
 impl Slot {
-    const EMPTY: Slot = Slot { ts: i64::MIN, util: f32::NAN, power: f32::NAN, tensor: f32::NAN, fp: f32::NAN, sm: f32::NAN };
+    const EMPTY: Slot = Slot {
+        ts: i64::MIN,
+        util: f32::NAN,
+        power: f32::NAN,
+        tensor: f32::NAN,
+        fp: f32::NAN,
+        sm: f32::NAN,
+    };
 }
 
 /// Which field a metric feeds.
@@ -194,6 +224,8 @@ enum Field {
 /// Per-series state.
 #[derive(Debug)]
 struct Series {
+    /// The map's key (shared text), for the pending list.
+    key: SeriesKey,
     slot: Slot,
     pending: bool,
     /// First scrape of the current run (`i64::MIN`: not in a run) and the last one folded.
@@ -254,6 +286,8 @@ pub struct MinerFingerprint {
     series: SeriesMap<Series>,
     key_heap: usize,
     allocations: Allocations,
+    pending: PendingSlots,
+    next_sweep: i64,
 }
 
 impl MinerFingerprint {
@@ -268,7 +302,14 @@ impl MinerFingerprint {
             idle: secs_to_nanos(cfg.idle_timeout_secs),
             cfg,
         };
-        MinerFingerprint { s, series: SeriesMap::default(), key_heap: 0, allocations: Allocations::default() }
+        MinerFingerprint {
+            s,
+            series: SeriesMap::default(),
+            key_heap: 0,
+            allocations: Allocations::default(),
+            pending: PendingSlots::new(),
+            next_sweep: i64::MIN,
+        }
     }
 }
 
@@ -288,7 +329,10 @@ impl Detector for MinerFingerprint {
             return;
         }
         let Some(rows) = GpuRows::new(batch) else {
-            tracing::debug!(detector = NAME, "batch does not follow the gpu_metrics schema; skipped");
+            tracing::debug!(
+                detector = NAME,
+                "batch does not follow the gpu_metrics schema; skipped"
+            );
             return;
         };
         for row in 0..rows.len() {
@@ -296,7 +340,9 @@ impl Detector for MinerFingerprint {
                 metric::GPU_UTIL => Field::Util,
                 metric::POWER_USAGE => Field::Power,
                 metric::PIPE_TENSOR_ACTIVE => Field::Tensor,
-                metric::PIPE_FP32_ACTIVE | metric::PIPE_FP16_ACTIVE | metric::PIPE_FP64_ACTIVE => Field::Fp,
+                metric::PIPE_FP32_ACTIVE | metric::PIPE_FP16_ACTIVE | metric::PIPE_FP64_ACTIVE => {
+                    Field::Fp
+                }
                 metric::SM_ACTIVE => Field::Sm,
                 _ => continue,
             };
@@ -315,18 +361,28 @@ impl Detector for MinerFingerprint {
                 self.allocations.witness(&key, ts);
             }
             let busy = field == Field::Util && v >= self.s.cfg.min_util_pct;
-            let env = Env { s: &self.s, inventory: cx.inventory, allocations: &self.allocations };
+            let env = Env {
+                s: &self.s,
+                inventory: cx.inventory,
+                allocations: &self.allocations,
+            };
             let series = match self.series.get_mut(&key as &dyn AsKey) {
                 Some(series) => series,
                 None if busy => {
-                    let Some(k) = SeriesKey::new(&key) else { continue };
+                    let Some(k) = SeriesKey::new(&key) else {
+                        continue;
+                    };
                     self.key_heap += k.heap_bytes();
-                    self.series.entry(k).or_insert_with(Series::new)
+                    self.series
+                        .entry(k.clone())
+                        .or_insert_with(|| Series::new(k))
                 }
                 None => continue, // not busy and untracked: no state for idle GPUs
             };
-            if !series.accept(&env, &key, ts, out) {
-                continue;
+            match series.accept(&env, &key, ts, out) {
+                Accept::Late => continue,
+                Accept::Same => {}
+                Accept::Opened => self.pending.push((ts, series.key.clone())),
             }
             let slot = &mut series.slot;
             let v32 = v as f32;
@@ -345,18 +401,43 @@ impl Detector for MinerFingerprint {
     }
 
     fn on_tick(&mut self, cx: &DetectContext<'_>, now: i64, out: &mut Vec<Finding>) {
-        let env = Env { s: &self.s, inventory: cx.inventory, allocations: &self.allocations };
+        let env = Env {
+            s: &self.s,
+            inventory: cx.inventory,
+            allocations: &self.allocations,
+        };
+        // Judge the scrapes the watermark has passed (a slot strictly older than it is complete).
+        let series = &mut self.series;
+        self.pending.retain(|(ts, k)| {
+            let Some(s) = series.get_mut(k) else {
+                return false;
+            };
+            if !s.pending || s.slot.ts != *ts {
+                return false;
+            }
+            if *ts >= now {
+                return true;
+            }
+            s.finalize(&env, &k.view(), out);
+            false
+        });
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now.saturating_add(SWEEP_NANOS);
         let heap = &mut self.key_heap;
         self.series.retain(|k, series| {
-            let key = k.view();
-            if series.pending && series.slot.ts < now {
-                series.finalize(&env, &key, out);
-            }
             if now.saturating_sub(series.slot.ts) <= env.s.idle {
                 return true;
             }
             if let Some(mut ep) = series.episode.take() {
-                out.push(ep.emit(env.s, &key, Status::Resolved, series.slot.ts, Some("the series stopped reporting")));
+                out.push(ep.emit(
+                    env.s,
+                    &k.view(),
+                    Status::Resolved,
+                    series.slot.ts,
+                    Some("the series stopped reporting"),
+                ));
             }
             *heap -= k.heap_bytes();
             false
@@ -369,11 +450,18 @@ impl Detector for MinerFingerprint {
             .series
             .values()
             .map(|s| {
-                s.context.as_ref().map_or(0, |_| size_of::<RowContext>() + 96)
-                    + s.episode.as_deref().map_or(0, |e| size_of::<Episode>() + e.core.heap_bytes())
+                s.context
+                    .as_ref()
+                    .map_or(0, |_| size_of::<RowContext>() + 96)
+                    + s.episode
+                        .as_deref()
+                        .map_or(0, |e| size_of::<Episode>() + e.core.heap_bytes())
             })
             .sum();
-        map_bytes(&self.series, self.key_heap) + extra + self.allocations.bytes()
+        map_bytes(&self.series, self.key_heap)
+            + extra
+            + self.allocations.bytes()
+            + self.pending.capacity() * size_of::<(i64, SeriesKey)>()
     }
 
     fn series(&self) -> usize {
@@ -382,8 +470,9 @@ impl Detector for MinerFingerprint {
 }
 
 impl Series {
-    fn new() -> Self {
+    fn new(key: SeriesKey) -> Self {
         Series {
+            key,
             slot: Slot::EMPTY,
             pending: false,
             run_start: i64::MIN,
@@ -399,20 +488,30 @@ impl Series {
         }
     }
 
-    /// Makes the slot hold `ts`, finalising an older one first; `false` for a late row.
-    fn accept(&mut self, env: &Env<'_>, key: &KeyView<'_>, ts: i64, out: &mut Vec<Finding>) -> bool {
+    /// Makes the slot hold `ts`, judging an older one first.
+    fn accept(
+        &mut self,
+        env: &Env<'_>,
+        key: &KeyView<'_>,
+        ts: i64,
+        out: &mut Vec<Finding>,
+    ) -> Accept {
         if ts == self.slot.ts {
-            return self.pending;
+            return if self.pending {
+                Accept::Same
+            } else {
+                Accept::Late
+            };
         }
         if ts < self.slot.ts {
-            return false;
+            return Accept::Late;
         }
         if self.pending {
             self.finalize(env, key, out);
         }
         self.slot = Slot { ts, ..Slot::EMPTY };
         self.pending = true;
-        true
+        Accept::Opened
     }
 
     /// Folds the complete scrape into the run and judges it.
@@ -424,7 +523,11 @@ impl Series {
         }
         let ts = slot.ts;
         let busy = f64::from(slot.util) >= s.cfg.min_util_pct;
-        let verdict = if busy { Some(self.fold(s, &slot)) } else { None };
+        let verdict = if busy {
+            Some(self.fold(s, &slot))
+        } else {
+            None
+        };
         if !busy {
             self.run_start = i64::MIN;
         }
@@ -436,7 +539,10 @@ impl Series {
             }
             if !quiet {
                 self.quiet_since = i64::MIN;
-                if verdict.is_some_and(|v| v.profiling()) && !ep.raised.profiling() && ep.core.severity < ep.strong {
+                if verdict.is_some_and(|v| v.profiling())
+                    && !ep.raised.profiling()
+                    && ep.core.severity < ep.strong
+                {
                     // Profiling counters appeared and confirm it: report the stronger severity.
                     ep.core.severity = ep.strong;
                     ep.raised = ep.latest;
@@ -450,14 +556,20 @@ impl Series {
             }
             if ts - self.quiet_since >= s.resolve_after {
                 ep.core.add_event(key, ts);
-                let why = if busy { "the GPU pipes are busy: not a hash loop" } else { "utilisation dropped" };
+                let why = if busy {
+                    "the GPU pipes are busy: not a hash loop"
+                } else {
+                    "utilisation dropped"
+                };
                 out.push(ep.emit(s, key, Status::Resolved, ts, Some(why)));
                 self.episode = None;
                 self.context = None;
             }
             return;
         }
-        let Some(v) = verdict.filter(|v| v.matches) else { return };
+        let Some(v) = verdict.filter(|v| v.matches) else {
+            return;
+        };
         if ts < self.ignore_until {
             return;
         }
@@ -468,15 +580,31 @@ impl Series {
         }
         let context = self.context.as_deref().cloned().unwrap_or_default();
         let attribution = Attribution::of(env.inventory, key, context);
-        let Some(strong) = s.cfg.severity_by_role.grade(attribution.role, attribution.unallocated).severity() else {
+        let Some(strong) = s
+            .cfg
+            .severity_by_role
+            .grade(attribution.role, attribution.unallocated)
+            .severity()
+        else {
             self.ignore_until = ts.saturating_add(s.recheck);
             return;
         };
-        let severity = if v.profiling() || !s.cfg.lower_severity_without_profiling { strong } else { lower(strong) };
+        let severity = if v.profiling() || !s.cfg.lower_severity_without_profiling {
+            strong
+        } else {
+            lower(strong)
+        };
         let mut core = EpisodeCore::new(self.run_start, ts, severity, attribution);
         core.add_event(key, self.run_start);
         core.add_event(key, ts);
-        let mut ep = Box::new(Episode { core, strong, run_start: self.run_start, raised: v, latest: v, latest_ts: ts });
+        let mut ep = Box::new(Episode {
+            core,
+            strong,
+            run_start: self.run_start,
+            raised: v,
+            latest: v,
+            latest_ts: ts,
+        });
         out.push(ep.emit(s, key, Status::Firing, ts, None));
         self.quiet_since = i64::MIN;
         self.episode = Some(ep);
@@ -495,7 +623,12 @@ impl Series {
             self.sm = Decayed::default();
         } else {
             let f = (-nanos_to_secs(ts - self.last_ts) / s.tau_secs).exp();
-            for d in [&mut self.power, &mut self.tensor, &mut self.fp, &mut self.sm] {
+            for d in [
+                &mut self.power,
+                &mut self.tensor,
+                &mut self.fp,
+                &mut self.sm,
+            ] {
                 d.decay(f);
             }
         }
@@ -504,15 +637,22 @@ impl Series {
         if !first && !slot.power.is_nan() {
             self.power.push(f64::from(slot.power));
         }
-        for (d, x) in [(&mut self.tensor, slot.tensor), (&mut self.fp, slot.fp), (&mut self.sm, slot.sm)] {
+        for (d, x) in [
+            (&mut self.tensor, slot.tensor),
+            (&mut self.fp, slot.fp),
+            (&mut self.sm, slot.sm),
+        ] {
             if !x.is_nan() {
                 d.push(f64::from(x));
             }
         }
         let power_mean = self.power.get();
-        let power_cv = power_mean.filter(|m| *m > 0.0 && self.power.n >= 2).map(|m| self.power.var().sqrt() / m);
+        let power_cv = power_mean
+            .filter(|m| *m > 0.0 && self.power.n >= 2)
+            .map(|m| self.power.var().sqrt() / m);
         let (tensor, fp) = (self.tensor.get(), self.fp.get());
-        let pipes_idle = tensor.is_none_or(|t| t <= cfg.max_tensor_active_ratio) && fp.is_none_or(|f| f <= cfg.max_fp_active_ratio);
+        let pipes_idle = tensor.is_none_or(|t| t <= cfg.max_tensor_active_ratio)
+            && fp.is_none_or(|f| f <= cfg.max_fp_active_ratio);
         let run = ts - self.run_start;
         Verdict {
             util: f64::from(slot.util),
@@ -523,7 +663,9 @@ impl Series {
             fp,
             sm: self.sm.get(),
             pipes_idle,
-            matches: run >= s.min_duration && power_cv.is_some_and(|cv| cv <= cfg.max_power_cv) && pipes_idle,
+            matches: run >= s.min_duration
+                && power_cv.is_some_and(|cv| cv <= cfg.max_power_cv)
+                && pipes_idle,
         }
     }
 }
@@ -534,7 +676,14 @@ fn lower(s: Severity) -> Severity {
 }
 
 impl Episode {
-    fn emit(&mut self, s: &Settings, key: &KeyView<'_>, status: Status, last_ts: i64, resolution: Option<&str>) -> Finding {
+    fn emit(
+        &mut self,
+        s: &Settings,
+        key: &KeyView<'_>,
+        status: Status,
+        last_ts: i64,
+        resolution: Option<&str>,
+    ) -> Finding {
         let cfg = &s.cfg;
         let r = self.raised;
         let summary = match status {
@@ -557,7 +706,11 @@ impl Episode {
                 }
             ),
             Status::Resolved => {
-                format!("Crypto-miner fingerprint on {} ended ({})", gpu_name(key), resolution.unwrap_or("resolved"))
+                format!(
+                    "Crypto-miner fingerprint on {} ended ({})",
+                    gpu_name(key),
+                    resolution.unwrap_or("resolved")
+                )
             }
         };
         let stats = |v: &Verdict| {
@@ -589,7 +742,8 @@ impl Episode {
                 "window_secs": cfg.window_secs,
             },
         });
-        self.core.emit(NAME, key, status, last_ts, summary, evidence)
+        self.core
+            .emit(NAME, key, status, last_ts, summary, evidence)
     }
 }
 
@@ -602,7 +756,13 @@ mod tests {
     use super::super::gpu_series::testing::{Row, batch};
     use super::*;
 
-    fn scrape(t: i64, pod: Option<&'static str>, util: f64, power: f64, pipes: Option<(f64, f64)>) -> Vec<Row<'static>> {
+    fn scrape(
+        t: i64,
+        pod: Option<&'static str>,
+        util: f64,
+        power: f64,
+        pipes: Option<(f64, f64)>,
+    ) -> Vec<Row<'static>> {
         let mk = |m, v| match pod {
             Some(p) => Row::pod(t * NANOS, m, "GPU-7", p, Some(v)),
             None => Row::none(t * NANOS, m, "GPU-7", Some(v)),
@@ -618,7 +778,10 @@ mod tests {
     fn run(scrapes: impl IntoIterator<Item = Vec<Row<'static>>>) -> Vec<Finding> {
         let mut d = MinerFingerprint::new(MinerFingerprintConfig::default());
         let inv = Inventory::default();
-        let cx = DetectContext { inventory: &inv, watermark: 0 };
+        let cx = DetectContext {
+            inventory: &inv,
+            watermark: 0,
+        };
         let mut out = Vec::new();
         for rows in scrapes {
             d.observe(&cx, Stream::GpuMetrics, &batch(&rows), &mut out);
@@ -630,18 +793,42 @@ mod tests {
 
     /// Power with ±0.5 % wobble after a ramp.
     fn power(t: i64, base: f64) -> f64 {
-        if t == 0 { base / 3.0 } else { base * (1.0 + 0.005 * ((t as f64) * 0.7).sin()) }
+        if t == 0 {
+            base / 3.0
+        } else {
+            base * (1.0 + 0.005 * ((t as f64) * 0.7).sin())
+        }
     }
 
     #[test]
     fn an_integer_hash_loop_on_an_unallocated_gpu_is_critical_and_resolves() {
-        let mut scrapes: Vec<_> = (0..=600).step_by(30).map(|t| scrape(t, None, 100.0, power(t, 610.0), Some((0.0, 0.0)))).collect();
-        scrapes.extend((630..=800).step_by(30).map(|t| scrape(t, None, 0.0, 80.0, Some((0.0, 0.0)))));
+        let mut scrapes: Vec<_> = (0..=600)
+            .step_by(30)
+            .map(|t| scrape(t, None, 100.0, power(t, 610.0), Some((0.0, 0.0))))
+            .collect();
+        scrapes.extend(
+            (630..=800)
+                .step_by(30)
+                .map(|t| scrape(t, None, 0.0, 80.0, Some((0.0, 0.0)))),
+        );
         let out = run(scrapes);
         let st: Vec<(Status, Severity)> = out.iter().map(|f| (f.status, f.severity)).collect();
-        assert_eq!(st, [(Status::Firing, Severity::Critical), (Status::Resolved, Severity::Critical)]);
-        assert_eq!(out[0].ts, 300 * NANOS, "raised once the run is min_duration_secs long");
-        assert_eq!(out[0].evidence["run_start"], "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            st,
+            [
+                (Status::Firing, Severity::Critical),
+                (Status::Resolved, Severity::Critical)
+            ]
+        );
+        assert_eq!(
+            out[0].ts,
+            300 * NANOS,
+            "raised once the run is min_duration_secs long"
+        );
+        assert_eq!(
+            out[0].evidence["run_start"],
+            "1970-01-01T00:00:00.000000000Z"
+        );
         assert_eq!(out[0].evidence["profiling_counters"], true);
         assert_eq!(out[1].last_ts, 750 * NANOS);
     }
@@ -649,7 +836,9 @@ mod tests {
     #[test]
     fn without_profiling_counters_the_severity_is_one_step_lower() {
         // Unknown pod: high with counters, medium without.
-        let out = run((0..=400).step_by(30).map(|t| scrape(t, Some("job-0"), 99.0, power(t, 300.0), None)));
+        let out = run((0..=400)
+            .step_by(30)
+            .map(|t| scrape(t, Some("job-0"), 99.0, power(t, 300.0), None)));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].severity, Severity::Medium);
         assert_eq!(out[0].pod.as_deref(), Some("job-0"));
@@ -658,17 +847,54 @@ mod tests {
     #[test]
     fn busy_tensor_or_fp_pipes_swinging_power_and_bursts_are_not_miners() {
         // Tensor-heavy (training-like).
-        assert!(run((0..=900).step_by(30).map(|t| scrape(t, None, 100.0, power(t, 600.0), Some((0.4, 0.0))))).is_empty());
+        assert!(
+            run((0..=900).step_by(30).map(|t| scrape(
+                t,
+                None,
+                100.0,
+                power(t, 600.0),
+                Some((0.4, 0.0))
+            )))
+            .is_empty()
+        );
         // FP32 compute (the real fp32 loop: 0.067).
-        assert!(run((0..=900).step_by(30).map(|t| scrape(t, None, 100.0, power(t, 460.0), Some((0.0, 0.067))))).is_empty());
+        assert!(
+            run((0..=900).step_by(30).map(|t| scrape(
+                t,
+                None,
+                100.0,
+                power(t, 460.0),
+                Some((0.0, 0.067))
+            )))
+            .is_empty()
+        );
         // Power swinging ±20 %.
         let swing = |t: i64| 500.0 + if (t / 30) % 2 == 0 { 100.0 } else { -100.0 };
-        assert!(run((0..=900).step_by(30).map(|t| scrape(t, None, 100.0, swing(t), Some((0.0, 0.0))))).is_empty());
+        assert!(
+            run((0..=900)
+                .step_by(30)
+                .map(|t| scrape(t, None, 100.0, swing(t), Some((0.0, 0.0)))))
+            .is_empty()
+        );
         // Bursts: util drops every few minutes, so no run is long enough.
         let util = |t: i64| if (t / 30) % 8 == 7 { 10.0 } else { 100.0 };
-        assert!(run((0..=1800).step_by(30).map(|t| scrape(t, None, util(t), power(t, 600.0), Some((0.0, 0.0))))).is_empty());
+        assert!(
+            run((0..=1800).step_by(30).map(|t| scrape(
+                t,
+                None,
+                util(t),
+                power(t, 600.0),
+                Some((0.0, 0.0))
+            )))
+            .is_empty()
+        );
         // Invalid util (> 100) is ignored, not "busy".
-        assert!(run((0..=900).step_by(30).map(|t| scrape(t, None, 4000.0, power(t, 600.0), None))).is_empty());
+        assert!(
+            run((0..=900)
+                .step_by(30)
+                .map(|t| scrape(t, None, 4000.0, power(t, 600.0), None)))
+            .is_empty()
+        );
     }
 
     proptest! {

@@ -28,8 +28,9 @@ use serde_json::json;
 
 use super::Problems;
 use super::gpu_series::{
-    Allocations, AsKey, Attribution, EpisodeCore, GpuRows, Grade, KeyView, RowContext, SeriesKey, SeriesMap,
-    gpu_name, map_bytes, metric, rfc3339, secs_to_nanos,
+    Accept, Allocations, AsKey, Attribution, EpisodeCore, GpuRows, Grade, KeyView, PendingSlots,
+    RowContext, SWEEP_NANOS, SeriesKey, SeriesMap, gpu_name, map_bytes, metric, rfc3339,
+    secs_to_nanos,
 };
 use crate::detector::{DetectContext, Detector};
 use crate::finding::{Finding, Severity, Status};
@@ -100,14 +101,32 @@ impl Default for UnallocatedGpuUseConfig {
 impl UnallocatedGpuUseConfig {
     pub(super) fn validate(&self, path: &str, p: &mut Problems) {
         p.number(path, "min_fb_used_mib", self.min_fb_used_mib, 0.0, true);
-        p.range(path, "min_util_pct", self.min_util_pct, f64::MIN_POSITIVE, 100.0);
+        p.range(
+            path,
+            "min_util_pct",
+            self.min_util_pct,
+            f64::MIN_POSITIVE,
+            100.0,
+        );
         if self.confirm_samples == 0 {
             p.push(path, "confirm_samples", "must be at least 1");
         }
         p.secs(path, "allocation_grace_secs", self.allocation_grace_secs);
-        p.range(path, "critical_util_pct", self.critical_util_pct, 0.0, 100.0);
+        p.range(
+            path,
+            "critical_util_pct",
+            self.critical_util_pct,
+            0.0,
+            100.0,
+        );
         p.secs(path, "resolve_after_secs", self.resolve_after_secs);
-        p.number(path, "update_growth_ratio", self.update_growth_ratio, 1.0, true);
+        p.number(
+            path,
+            "update_growth_ratio",
+            self.update_growth_ratio,
+            1.0,
+            true,
+        );
         p.secs(path, "inventory_recheck_secs", self.inventory_recheck_secs);
         p.secs(path, "idle_timeout_secs", self.idle_timeout_secs);
     }
@@ -157,6 +176,8 @@ enum Request {
 /// Per-series state.
 #[derive(Debug)]
 struct Series {
+    /// The map's key (shared text), for the pending list.
+    key: SeriesKey,
     /// Scrape being collected: its time, `FB_USED` and `GPU_UTIL` (NaN: not seen).
     slot_ts: i64,
     slot_fb: f32,
@@ -205,6 +226,8 @@ pub struct UnallocatedGpuUse {
     series: SeriesMap<Series>,
     key_heap: usize,
     allocations: Allocations,
+    pending: PendingSlots,
+    next_sweep: i64,
 }
 
 impl UnallocatedGpuUse {
@@ -218,7 +241,14 @@ impl UnallocatedGpuUse {
             idle: secs_to_nanos(cfg.idle_timeout_secs),
             cfg,
         };
-        UnallocatedGpuUse { s, series: SeriesMap::default(), key_heap: 0, allocations: Allocations::default() }
+        UnallocatedGpuUse {
+            s,
+            series: SeriesMap::default(),
+            key_heap: 0,
+            allocations: Allocations::default(),
+            pending: PendingSlots::new(),
+            next_sweep: i64::MIN,
+        }
     }
 }
 
@@ -245,7 +275,10 @@ impl Detector for UnallocatedGpuUse {
             return;
         }
         let Some(rows) = GpuRows::new(batch) else {
-            tracing::debug!(detector = NAME, "batch does not follow the gpu_metrics schema; skipped");
+            tracing::debug!(
+                detector = NAME,
+                "batch does not follow the gpu_metrics schema; skipped"
+            );
             return;
         };
         let cfg = &self.s.cfg;
@@ -265,23 +298,36 @@ impl Detector for UnallocatedGpuUse {
             };
             let ts = rows.ts(row);
             if key.has_pod() {
-                self.allocations.witness(&key, ts);
+                // One metric per scrape is witness enough (and half the lookups).
+                if field == Field::Fb {
+                    self.allocations.witness(&key, ts);
+                }
             } else if cfg.skip_unlabelled_mig && key.gi.is_some() {
                 continue;
             }
             // Everything before this row is in the witnesses; finalising a slot may read them.
-            let env = Env { s: &self.s, inventory: cx.inventory, allocations: &self.allocations };
+            let env = Env {
+                s: &self.s,
+                inventory: cx.inventory,
+                allocations: &self.allocations,
+            };
             let series = match self.series.get_mut(&key as &dyn AsKey) {
                 Some(series) => series,
                 None if in_use => {
-                    let Some(k) = SeriesKey::new(&key) else { continue };
+                    let Some(k) = SeriesKey::new(&key) else {
+                        continue;
+                    };
                     self.key_heap += k.heap_bytes();
-                    self.series.entry(k).or_insert_with(Series::new)
+                    self.series
+                        .entry(k.clone())
+                        .or_insert_with(|| Series::new(k))
                 }
                 None => continue, // idle and untracked: no state for idle GPUs
             };
-            if !series.accept(&env, &key, ts, out) {
-                continue;
+            match series.accept(&env, &key, ts, out) {
+                Accept::Late => continue,
+                Accept::Same => {}
+                Accept::Opened => self.pending.push((ts, series.key.clone())),
             }
             match field {
                 Field::Fb => series.slot_fb = v as f32,
@@ -294,19 +340,43 @@ impl Detector for UnallocatedGpuUse {
     }
 
     fn on_tick(&mut self, cx: &DetectContext<'_>, now: i64, out: &mut Vec<Finding>) {
-        let env = Env { s: &self.s, inventory: cx.inventory, allocations: &self.allocations };
+        let env = Env {
+            s: &self.s,
+            inventory: cx.inventory,
+            allocations: &self.allocations,
+        };
+        // Judge the scrapes the watermark has passed (a slot strictly older than it is complete).
+        let series = &mut self.series;
+        self.pending.retain(|(ts, k)| {
+            let Some(s) = series.get_mut(k) else {
+                return false;
+            };
+            if !s.pending || s.slot_ts != *ts {
+                return false;
+            }
+            if *ts >= now {
+                return true;
+            }
+            s.finalize(&env, &k.view(), out);
+            false
+        });
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now.saturating_add(SWEEP_NANOS);
         let heap = &mut self.key_heap;
         self.series.retain(|k, series| {
-            let key = k.view();
-            // A slot strictly older than the watermark is complete.
-            if series.pending && series.slot_ts < now {
-                series.finalize(&env, &key, out);
-            }
             if now.saturating_sub(series.slot_ts) <= env.s.idle {
                 return true;
             }
             if let Some(mut ep) = series.episode.take() {
-                out.push(ep.emit(env.s, &key, Status::Resolved, series.slot_ts, Some("the series stopped reporting")));
+                out.push(ep.emit(
+                    env.s,
+                    &k.view(),
+                    Status::Resolved,
+                    series.slot_ts,
+                    Some("the series stopped reporting"),
+                ));
             }
             *heap -= k.heap_bytes();
             false
@@ -319,11 +389,18 @@ impl Detector for UnallocatedGpuUse {
             .series
             .values()
             .map(|s| {
-                s.context.as_ref().map_or(0, |_| size_of::<RowContext>() + 96)
-                    + s.episode.as_deref().map_or(0, |e| size_of::<Episode>() + e.core.heap_bytes())
+                s.context
+                    .as_ref()
+                    .map_or(0, |_| size_of::<RowContext>() + 96)
+                    + s.episode
+                        .as_deref()
+                        .map_or(0, |e| size_of::<Episode>() + e.core.heap_bytes())
             })
             .sum();
-        map_bytes(&self.series, self.key_heap) + extra + self.allocations.bytes()
+        map_bytes(&self.series, self.key_heap)
+            + extra
+            + self.allocations.bytes()
+            + self.pending.capacity() * size_of::<(i64, SeriesKey)>()
     }
 
     fn series(&self) -> usize {
@@ -332,8 +409,9 @@ impl Detector for UnallocatedGpuUse {
 }
 
 impl Series {
-    fn new() -> Self {
+    fn new(key: SeriesKey) -> Self {
         Series {
+            key,
             slot_ts: i64::MIN,
             slot_fb: f32::NAN,
             slot_util: f32::NAN,
@@ -349,14 +427,23 @@ impl Series {
         }
     }
 
-    /// Makes the slot hold `ts`, finalising an older one first. `false`: a late row (older than
-    /// the slot, or of a scrape already finalised), dropped.
-    fn accept(&mut self, env: &Env<'_>, key: &KeyView<'_>, ts: i64, out: &mut Vec<Finding>) -> bool {
+    /// Makes the slot hold `ts`, judging an older one first.
+    fn accept(
+        &mut self,
+        env: &Env<'_>,
+        key: &KeyView<'_>,
+        ts: i64,
+        out: &mut Vec<Finding>,
+    ) -> Accept {
         if ts == self.slot_ts {
-            return self.pending;
+            return if self.pending {
+                Accept::Same
+            } else {
+                Accept::Late
+            };
         }
         if ts < self.slot_ts {
-            return false;
+            return Accept::Late;
         }
         if self.pending {
             self.finalize(env, key, out);
@@ -365,7 +452,7 @@ impl Series {
         self.slot_fb = f32::NAN;
         self.slot_util = f32::NAN;
         self.pending = true;
-        true
+        Accept::Opened
     }
 
     /// Why the series is unallocated at `ts`, if it is.
@@ -373,9 +460,14 @@ impl Series {
         if !key.has_pod() {
             return (!env.allocations.allocated(key, ts, env.s.grace)).then_some(Kind::NoPod);
         }
-        if self.request == Request::Unchecked || ts.saturating_sub(self.request_checked) >= env.s.recheck {
+        if self.request == Request::Unchecked
+            || ts.saturating_sub(self.request_checked) >= env.s.recheck
+        {
             let uid = self.context.as_ref().and_then(|c| c.pod_uid.as_deref());
-            self.request = match env.inventory.lookup(uid, Some(key.namespace), Some(key.pod)) {
+            self.request = match env
+                .inventory
+                .lookup(uid, Some(key.namespace), Some(key.pod))
+            {
                 Some(p) if p.gpu_request() == 0 => Request::None,
                 _ => Request::Allocated,
             };
@@ -391,7 +483,11 @@ impl Series {
         let (ts, fb, util) = (self.slot_ts, self.slot_fb, self.slot_util);
         // NaN compares false: a metric missing from the scrape says nothing.
         let in_use = f64::from(fb) >= cfg.min_fb_used_mib || f64::from(util) >= cfg.min_util_pct;
-        let kind = if in_use { self.unallocated(env, key, ts) } else { None };
+        let kind = if in_use {
+            self.unallocated(env, key, ts)
+        } else {
+            None
+        };
         let Some(kind) = kind else {
             self.run_start = i64::MIN;
             self.run_samples = 0;
@@ -427,14 +523,18 @@ impl Series {
         } else {
             self.util_high_since = i64::MIN;
         }
-        let critical = self.util_high_since != i64::MIN && ts - self.util_high_since >= env.s.critical_after;
+        let critical =
+            self.util_high_since != i64::MIN && ts - self.util_high_since >= env.s.critical_after;
         if let Some(ep) = self.episode.as_deref_mut() {
             ep.fold(ts, fb, util);
             if critical && ep.core.severity < Severity::Critical {
                 ep.core.severity = Severity::Critical;
                 ep.core.add_event(key, ts);
                 out.push(ep.emit(env.s, key, Status::Firing, ts, None));
-            } else if f64::from(fb) >= f64::from(ep.reported_fb.max(cfg.min_fb_used_mib as f32)) * cfg.update_growth_ratio {
+            } else if f64::from(fb)
+                >= f64::from(ep.reported_fb.max(cfg.min_fb_used_mib as f32))
+                    * cfg.update_growth_ratio
+            {
                 ep.reported_fb = fb;
                 ep.core.add_event(key, ts);
                 out.push(ep.emit(env.s, key, Status::Firing, ts, None));
@@ -448,7 +548,9 @@ impl Series {
             Kind::NoPod => cfg.unallocated_severity,
             Kind::Unrequested => cfg.unrequested_severity,
         };
-        let Some(mut severity) = grade.severity() else { return };
+        let Some(mut severity) = grade.severity() else {
+            return;
+        };
         if critical {
             severity = Severity::Critical;
         }
@@ -493,7 +595,14 @@ impl Episode {
         self.samples = self.samples.saturating_add(1);
     }
 
-    fn emit(&mut self, s: &Settings, key: &KeyView<'_>, status: Status, last_ts: i64, resolution: Option<&str>) -> Finding {
+    fn emit(
+        &mut self,
+        s: &Settings,
+        key: &KeyView<'_>,
+        status: Status,
+        last_ts: i64,
+        resolution: Option<&str>,
+    ) -> Finding {
         let cfg = &s.cfg;
         let usage = |fb: f32, util: f32| match (num(fb), num(util)) {
             (Some(fb), Some(u)) => format!("{fb:.0} MiB, {u:.0} % util"),
@@ -504,7 +613,10 @@ impl Episode {
         let gpu = gpu_name(key);
         let summary = match (status, self.kind) {
             (Status::Firing, Kind::NoPod) => {
-                format!("{gpu} is in use ({}) but allocated to no pod", usage(self.peak_fb, self.peak_util))
+                format!(
+                    "{gpu} is in use ({}) but allocated to no pod",
+                    usage(self.peak_fb, self.peak_util)
+                )
             }
             (Status::Firing, Kind::Unrequested) => format!(
                 "Pod {}/{} uses {gpu} ({}) without requesting nvidia.com/gpu",
@@ -513,7 +625,10 @@ impl Episode {
                 usage(self.peak_fb, self.peak_util)
             ),
             (Status::Resolved, _) => {
-                format!("Unallocated use of {gpu} ended ({})", resolution.unwrap_or("resolved"))
+                format!(
+                    "Unallocated use of {gpu} ended ({})",
+                    resolution.unwrap_or("resolved")
+                )
             }
         };
         let evidence = json!({
@@ -540,7 +655,8 @@ impl Episode {
                 "allocation_grace_secs": cfg.allocation_grace_secs,
             },
         });
-        self.core.emit(NAME, key, status, last_ts, summary, evidence)
+        self.core
+            .emit(NAME, key, status, last_ts, summary, evidence)
     }
 }
 
@@ -560,12 +676,20 @@ mod tests {
 
     impl Harness {
         fn new(cfg: UnallocatedGpuUseConfig) -> Self {
-            Harness { d: UnallocatedGpuUse::new(cfg), inv: Inventory::default(), out: Vec::new() }
+            Harness {
+                d: UnallocatedGpuUse::new(cfg),
+                inv: Inventory::default(),
+                out: Vec::new(),
+            }
         }
 
         fn feed(&mut self, rows: &[Row<'_>]) {
-            let cx = DetectContext { inventory: &self.inv, watermark: 0 };
-            self.d.observe(&cx, Stream::GpuMetrics, &batch(rows), &mut self.out);
+            let cx = DetectContext {
+                inventory: &self.inv,
+                watermark: 0,
+            };
+            self.d
+                .observe(&cx, Stream::GpuMetrics, &batch(rows), &mut self.out);
             let now = rows.iter().map(|r| r.ts).max().unwrap_or(0);
             self.d.on_tick(&cx, now, &mut self.out);
         }
@@ -586,14 +710,24 @@ mod tests {
     fn a_gpu_allocated_to_no_pod_in_use_raises_escalates_and_resolves() {
         let mut h = Harness::new(UnallocatedGpuUseConfig::default());
         for t in (0..=900).step_by(30) {
-            let (fb, util) = if t < 60 { (0.0, 0.0) } else if t <= 600 { (20_000.0, 100.0) } else { (0.0, 0.0) };
+            let (fb, util) = if t < 60 {
+                (0.0, 0.0)
+            } else if t <= 600 {
+                (20_000.0, 100.0)
+            } else {
+                (0.0, 0.0)
+            };
             h.feed(&scrape(t, fb, util));
         }
         // Confirmed at the second in-use scrape (t=90), critical after 300 s of util (t=360),
         // resolved 120 s after use stopped (t=630 → 750).
         assert_eq!(
             h.statuses(),
-            [(Status::Firing, Severity::High), (Status::Firing, Severity::Critical), (Status::Resolved, Severity::Critical)]
+            [
+                (Status::Firing, Severity::High),
+                (Status::Firing, Severity::Critical),
+                (Status::Resolved, Severity::Critical)
+            ]
         );
         assert_eq!(h.out[0].ts, 90 * NANOS);
         assert_eq!(h.out[1].last_ts, 360 * NANOS);
@@ -601,7 +735,10 @@ mod tests {
         assert!(h.out.iter().all(|f| f.id == h.out[0].id));
         assert_eq!(h.out[0].pod, None);
         assert_eq!(h.out[0].node.as_deref(), Some("node-1"));
-        assert_eq!(h.out[0].evidence["in_use_since"], "1970-01-01T00:01:00.000000000Z");
+        assert_eq!(
+            h.out[0].evidence["in_use_since"],
+            "1970-01-01T00:01:00.000000000Z"
+        );
     }
 
     #[test]
@@ -609,7 +746,13 @@ mod tests {
         let mut h = Harness::new(UnallocatedGpuUseConfig::default());
         for t in (0..600).step_by(30) {
             let mut rows = scrape(t, 20_000.0, 100.0).to_vec();
-            rows.push(Row::pod(t * NANOS, metric::FB_USED, "GPU-9", "serving-0", Some(20_000.0)));
+            rows.push(Row::pod(
+                t * NANOS,
+                metric::FB_USED,
+                "GPU-9",
+                "serving-0",
+                Some(20_000.0),
+            ));
             h.feed(&rows);
         }
         assert!(h.out.is_empty());

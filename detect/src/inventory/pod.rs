@@ -29,80 +29,84 @@ impl PodInfo {
     /// not an object with `metadata` (a JSON patch, a `Status`) or names no pod (neither
     /// `metadata.uid` nor `metadata.name`).
     pub fn from_pod_json(pod: &Value, ts: i64) -> Option<PodInfo> {
-        let meta = pod.get("metadata")?.as_object()?;
-        if pod
-            .get("kind")
-            .and_then(Value::as_str)
-            .is_some_and(|k| k != "Pod")
-        {
-            return None;
-        }
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
-        let uid = text(meta.get("uid"));
-        let name = text(meta.get("name"));
-        if uid.is_empty() && name.is_empty() {
-            return None;
-        }
-        let labels: BTreeMap<String, String> = meta
-            .get("labels")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let owners = owners(meta.get("ownerReferences"), &labels);
-
-        let spec = pod.get("spec");
-        let field = |name: &str| spec.and_then(|s| s.get(name));
-        let flag = |name: &str| field(name).and_then(Value::as_bool).unwrap_or(false);
-        let mut containers = Vec::new();
-        // Init and ephemeral (`kubectl debug`) containers run in the pod too: their images and
-        // privileges matter as much as the main containers'.
-        for list in ["initContainers", "containers", "ephemeralContainers"] {
-            if let Some(cs) = field(list).and_then(Value::as_array) {
-                containers.extend(cs.iter().map(container));
-            }
-        }
-        let node = field("nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .map(str::to_string);
-        let service_account = field("serviceAccountName")
-            .or_else(|| field("serviceAccount"))
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        let volumes = field("volumes").and_then(Value::as_array);
-        let host_path = volumes.is_some_and(|vs| vs.iter().any(|v| v.get("hostPath").is_some()));
-        let resource_claims = field("resourceClaims")
-            .and_then(Value::as_array)
-            .map(|cs| {
-                cs.iter()
-                    .filter_map(|c| c.get("name").and_then(Value::as_str))
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-
-        Some(PodInfo {
-            uid,
-            namespace: text(meta.get("namespace")),
-            name,
-            labels,
-            owners,
-            containers,
-            service_account,
-            node,
-            host_pid: flag("hostPID"),
-            host_network: flag("hostNetwork"),
-            host_path,
-            resource_claims,
-            created_at: ts,
-            deleted_at: None,
-        })
+        parse(pod, ts).filter(|p| !(p.uid.is_empty() && p.name.is_empty()))
     }
+}
+
+/// Reads a Pod object whose identity may be incomplete (an audit `requestObject` of a create
+/// by `generateName` has neither name nor uid; the audit row may supply them). `None` when
+/// `pod` is not a Pod.
+pub(super) fn parse(pod: &Value, ts: i64) -> Option<PodInfo> {
+    let meta = pod.get("metadata")?.as_object()?;
+    if pod
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k != "Pod")
+    {
+        return None;
+    }
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    let uid = text(meta.get("uid"));
+    let name = text(meta.get("name"));
+    let labels: BTreeMap<String, String> = meta
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let owners = owners(meta.get("ownerReferences"), &labels);
+
+    let spec = pod.get("spec");
+    let field = |name: &str| spec.and_then(|s| s.get(name));
+    let flag = |name: &str| field(name).and_then(Value::as_bool).unwrap_or(false);
+    let mut containers = Vec::new();
+    // Init and ephemeral (`kubectl debug`) containers run in the pod too: their images and
+    // privileges matter as much as the main containers'.
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        if let Some(cs) = field(list).and_then(Value::as_array) {
+            containers.extend(cs.iter().map(container));
+        }
+    }
+    let node = field("nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let service_account = field("serviceAccountName")
+        .or_else(|| field("serviceAccount"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let volumes = field("volumes").and_then(Value::as_array);
+    let host_path = volumes.is_some_and(|vs| vs.iter().any(|v| v.get("hostPath").is_some()));
+    let resource_claims = field("resourceClaims")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+
+    Some(PodInfo {
+        uid,
+        namespace: text(meta.get("namespace")),
+        name,
+        labels,
+        owners,
+        containers,
+        service_account,
+        node,
+        host_pid: flag("hostPID"),
+        host_network: flag("hostNetwork"),
+        host_path,
+        resource_claims,
+        created_at: ts,
+        deleted_at: None,
+    })
 }
 
 /// The owner chain: the controller reference first, then the others, then the Deployment a
@@ -113,7 +117,12 @@ fn owners(refs: Option<&Value>, labels: &BTreeMap<String, String>) -> Vec<Owner>
         .map(|rs| {
             rs.iter()
                 .map(|r| {
-                    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                    let s = |k: &str| {
+                        r.get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
                     (
                         r,
                         Owner {
@@ -128,7 +137,11 @@ fn owners(refs: Option<&Value>, labels: &BTreeMap<String, String>) -> Vec<Owner>
         })
         .unwrap_or_default();
     // Stable: the controller moves to the front, the rest keep their order.
-    refs.sort_by_key(|(r, _)| !r.get("controller").and_then(Value::as_bool).unwrap_or(false));
+    refs.sort_by_key(|(r, _)| {
+        !r.get("controller")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    });
     let mut owners: Vec<Owner> = refs.into_iter().map(|(_, o)| o).collect();
 
     // Pods name only their direct owner. A ReplicaSet made by the Deployment controller is
@@ -152,10 +165,19 @@ fn owners(refs: Option<&Value>, labels: &BTreeMap<String, String>) -> Vec<Owner>
 }
 
 fn container(c: &Value) -> ContainerInfo {
-    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let resources = c.get("resources");
-    let requests = resources.and_then(|r| r.get("requests")).and_then(Value::as_object);
-    let limits = resources.and_then(|r| r.get("limits")).and_then(Value::as_object);
+    let requests = resources
+        .and_then(|r| r.get("requests"))
+        .and_then(Value::as_object);
+    let limits = resources
+        .and_then(|r| r.get("limits"))
+        .and_then(Value::as_object);
     // A GPU resource named in requests or limits counts once: for extended resources a
     // request defaults to the limit, and the two must be equal when both are set.
     let mut names: Vec<&String> = requests
@@ -208,7 +230,9 @@ fn container(c: &Value) -> ContainerInfo {
 /// look like an intruder.
 fn count(q: &Value) -> u32 {
     let parsed = match q {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0).ceil() as u64)),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().map(|f| f.max(0.0).ceil() as u64)),
         Value::String(s) => parse_quantity(s.trim()),
         _ => None,
     };
@@ -304,8 +328,19 @@ mod tests {
                 {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5cdcc99dbf", "controller": true}
             ]}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
         let p = PodInfo::from_pod_json(&pod, 1).expect("pod");
-        let kinds: Vec<(&str, &str)> = p.owners.iter().map(|o| (o.kind.as_str(), o.name.as_str())).collect();
-        assert_eq!(kinds, [("ReplicaSet", "web-5cdcc99dbf"), ("Other", "o"), ("Deployment", "web")]);
+        let kinds: Vec<(&str, &str)> = p
+            .owners
+            .iter()
+            .map(|o| (o.kind.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("ReplicaSet", "web-5cdcc99dbf"),
+                ("Other", "o"),
+                ("Deployment", "web")
+            ]
+        );
 
         // Without the label (a bare ReplicaSet) nothing is inferred.
         let mut bare = pod.clone();
@@ -317,10 +352,16 @@ mod tests {
     #[test]
     fn non_pods_and_nameless_objects_are_refused() {
         assert!(PodInfo::from_pod_json(&json!([{"op": "replace"}]), 1).is_none());
-        assert!(PodInfo::from_pod_json(&json!({"kind": "Status", "metadata": {}, "code": 200}), 1).is_none());
+        assert!(
+            PodInfo::from_pod_json(&json!({"kind": "Status", "metadata": {}, "code": 200}), 1)
+                .is_none()
+        );
         assert!(PodInfo::from_pod_json(&json!({"metadata": {"generateName": "x-"}}), 1).is_none());
         let p = PodInfo::from_pod_json(&json!({"metadata": {"name": "x"}}), 7).expect("pod");
-        assert_eq!((p.name.as_str(), p.created_at, p.containers.len()), ("x", 7, 0));
+        assert_eq!(
+            (p.name.as_str(), p.created_at, p.containers.len()),
+            ("x", 7, 0)
+        );
     }
 
     #[test]

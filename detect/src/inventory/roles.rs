@@ -53,9 +53,21 @@ impl Matchers {
         };
         Matchers {
             config: vec![
-                role(Role::Serving, &config.serving_images, &config.serving_labels),
-                role(Role::Training, &config.training_images, &config.training_labels),
-                role(Role::Notebook, &config.notebook_images, &config.notebook_labels),
+                role(
+                    Role::Serving,
+                    &config.serving_images,
+                    &config.serving_labels,
+                ),
+                role(
+                    Role::Training,
+                    &config.training_images,
+                    &config.training_labels,
+                ),
+                role(
+                    Role::Notebook,
+                    &config.notebook_images,
+                    &config.notebook_labels,
+                ),
                 role(Role::Batch, &config.batch_images, &config.batch_labels),
             ],
         }
@@ -82,7 +94,10 @@ pub(super) fn role_of(m: &Matchers, pod: &PodInfo) -> (Role, String) {
     }
     let gpus = pod.gpu_request();
     if pod.containers.is_empty() {
-        return (Role::Unknown, "no containers known; no role matcher applies".to_string());
+        return (
+            Role::Unknown,
+            "no containers known; no role matcher applies".to_string(),
+        );
     }
     if gpus == 0 {
         if !pod.resource_claims.is_empty() {
@@ -144,7 +159,10 @@ fn config_match(m: &Matchers, pod: &PodInfo) -> Option<(Role, String)> {
             {
                 return Some((
                     rm.role,
-                    format!("image {} matches {} prefix {prefix} (config)", c.image, rm.role),
+                    format!(
+                        "image {} matches {} prefix {prefix} (config)",
+                        c.image, rm.role
+                    ),
                 ));
             }
         }
@@ -159,7 +177,11 @@ const OWNERS: &[(&str, &str, Role)] = &[
     ("serving.kserve.io", "ClusterServingRuntime", Role::Serving),
     ("serving.kserve.io", "InferenceGraph", Role::Serving),
     ("ray.io", "RayService", Role::Serving),
-    ("machinelearning.seldon.io", "SeldonDeployment", Role::Serving),
+    (
+        "machinelearning.seldon.io",
+        "SeldonDeployment",
+        Role::Serving,
+    ),
     ("kubeflow.org", "PyTorchJob", Role::Training),
     ("kubeflow.org", "MPIJob", Role::Training),
     ("kubeflow.org", "TFJob", Role::Training),
@@ -190,17 +212,52 @@ fn owner_match(pod: &PodInfo) -> Option<(Role, String)> {
 
 /// (label, required value or `None` for any, role, ecosystem).
 const LABELS: &[(&str, Option<&str>, Role, &str)] = &[
-    ("serving.kserve.io/inferenceservice", None, Role::Serving, "KServe"),
-    ("serving.kserve.io/inferencegraph", None, Role::Serving, "KServe"),
+    (
+        "serving.kserve.io/inferenceservice",
+        None,
+        Role::Serving,
+        "KServe",
+    ),
+    (
+        "serving.kserve.io/inferencegraph",
+        None,
+        Role::Serving,
+        "KServe",
+    ),
     ("component", Some("predictor"), Role::Serving, "KServe"),
     ("modelmesh-service", None, Role::Serving, "KServe ModelMesh"),
     ("seldon-deployment-id", None, Role::Serving, "Seldon Core"),
-    ("ray.io/originated-from-crd", Some("RayService"), Role::Serving, "KubeRay"),
-    ("training.kubeflow.org/job-name", None, Role::Training, "Kubeflow Training Operator"),
-    ("ray.io/originated-from-crd", Some("RayJob"), Role::Training, "KubeRay"),
+    (
+        "ray.io/originated-from-crd",
+        Some("RayService"),
+        Role::Serving,
+        "KubeRay",
+    ),
+    (
+        "training.kubeflow.org/job-name",
+        None,
+        Role::Training,
+        "Kubeflow Training Operator",
+    ),
+    (
+        "ray.io/originated-from-crd",
+        Some("RayJob"),
+        Role::Training,
+        "KubeRay",
+    ),
     ("notebook-name", None, Role::Notebook, "Kubeflow Notebooks"),
-    ("component", Some("singleuser-server"), Role::Notebook, "JupyterHub"),
-    ("app.kubernetes.io/component", Some("singleuser-server"), Role::Notebook, "JupyterHub"),
+    (
+        "component",
+        Some("singleuser-server"),
+        Role::Notebook,
+        "JupyterHub",
+    ),
+    (
+        "app.kubernetes.io/component",
+        Some("singleuser-server"),
+        Role::Notebook,
+        "JupyterHub",
+    ),
 ];
 
 fn label_match(pod: &PodInfo) -> Option<(Role, String)> {
@@ -216,7 +273,13 @@ fn label_match(pod: &PodInfo) -> Option<(Role, String)> {
 fn image_match(pod: &PodInfo) -> Option<(Role, String)> {
     // Serving images anywhere in the pod win over notebook images: a notebook image serving a
     // model is rarer than a serving pod with a Jupyter sidecar for debugging.
-    for (role, rules) in [(Role::Serving, serving_image as fn(&ImageRef) -> Option<&'static str>), (Role::Notebook, notebook_image)] {
+    for (role, rules) in [
+        (
+            Role::Serving,
+            serving_image as fn(&ImageRef) -> Option<&'static str>,
+        ),
+        (Role::Notebook, notebook_image),
+    ] {
         for c in &pod.containers {
             let r = ImageRef::parse(&c.image);
             if let Some(what) = rules(&r) {
@@ -277,7 +340,10 @@ fn batch_match(pod: &PodInfo) -> Option<(Role, String)> {
     }
     pod.owners.iter().find_map(|o| {
         let g = group(&o.api_version);
-        let batch = matches!((g, o.kind.as_str()), ("batch", "Job" | "CronJob") | ("argoproj.io", "Workflow"));
+        let batch = matches!(
+            (g, o.kind.as_str()),
+            ("batch", "Job" | "CronJob") | ("argoproj.io", "Workflow")
+        );
         batch.then(|| {
             (
                 Role::Batch,
@@ -314,13 +380,15 @@ impl<'a> ImageRef<'a> {
             }
             _ => None,
         };
-        let registry = registry.filter(|r| {
-            !matches!(*r, "docker.io" | "index.docker.io" | "registry-1.docker.io")
-        });
+        let registry = registry
+            .filter(|r| !matches!(*r, "docker.io" | "index.docker.io" | "registry-1.docker.io"));
         if registry.is_none() && parts.len() > 1 && parts[0] == "library" {
             parts.remove(0);
         }
-        ImageRef { registry, path: parts }
+        ImageRef {
+            registry,
+            path: parts,
+        }
     }
 
     fn last(&self) -> &'a str {
@@ -364,7 +432,10 @@ mod tests {
     #[test]
     fn image_refs_drop_tags_digests_and_docker_hub_defaults() {
         let r = ImageRef::parse("docker.io/library/nginx:1.25");
-        assert_eq!((r.registry, r.path.as_slice()), (None, ["nginx"].as_slice()));
+        assert_eq!(
+            (r.registry, r.path.as_slice()),
+            (None, ["nginx"].as_slice())
+        );
         let r = ImageRef::parse("registry.local:5000/vllm/vllm-openai:v0.6.3@sha256:abc");
         assert_eq!(r.registry, Some("registry.local:5000"));
         assert_eq!(r.path, ["vllm", "vllm-openai"]);
@@ -377,12 +448,24 @@ mod tests {
     #[test]
     fn serving_images_match_whole_names_not_substrings() {
         let serving = |i: &str| serving_image(&ImageRef::parse(i));
-        assert_eq!(serving("nvcr.io/nvidia/tritonserver:24.05-py3"), Some("Triton Inference Server"));
+        assert_eq!(
+            serving("nvcr.io/nvidia/tritonserver:24.05-py3"),
+            Some("Triton Inference Server")
+        );
         assert_eq!(serving("mirror.corp/vllm/vllm-openai:latest"), Some("vLLM"));
-        assert_eq!(serving("ghcr.io/huggingface/text-generation-inference:2.4"), Some("TGI"));
-        assert_eq!(serving("pytorch/torchserve-kfs:0.12.0-gpu"), Some("TorchServe"));
+        assert_eq!(
+            serving("ghcr.io/huggingface/text-generation-inference:2.4"),
+            Some("TGI")
+        );
+        assert_eq!(
+            serving("pytorch/torchserve-kfs:0.12.0-gpu"),
+            Some("TorchServe")
+        );
         assert_eq!(serving("tensorflow/serving:2.16.1-gpu"), Some("TF Serving"));
-        assert_eq!(serving("kserve/huggingfaceserver:v0.14.0"), Some("KServe model server"));
+        assert_eq!(
+            serving("kserve/huggingfaceserver:v0.14.0"),
+            Some("KServe model server")
+        );
         // "serve" somewhere in a name is not enough.
         assert_eq!(serving("acme/model-server"), None);
         assert_eq!(serving("acme/observer"), None);
@@ -409,8 +492,14 @@ mod tests {
     #[test]
     fn config_prefixes_never_end_inside_a_namespace() {
         let p = |i: &str, pre: &str| image_has_prefix(&normalize_image(i), &normalize_image(pre));
-        assert!(p("nvcr.io/nvidia/tritonserver:24.05-py3", "nvcr.io/nvidia/tritonserver"));
-        assert!(p("nvcr.io/nvidia/tritonserver:24.05-py3", "nvcr.io/nvidia/triton"));
+        assert!(p(
+            "nvcr.io/nvidia/tritonserver:24.05-py3",
+            "nvcr.io/nvidia/tritonserver"
+        ));
+        assert!(p(
+            "nvcr.io/nvidia/tritonserver:24.05-py3",
+            "nvcr.io/nvidia/triton"
+        ));
         assert!(p("docker.io/vllm/vllm-openai:v0.6.3", "vllm/vllm-openai"));
         assert!(p("vllm/vllm-openai", "docker.io/vllm/vllm-openai"));
         assert!(p("ghcr.io/acme/serving/llm:1", "ghcr.io/acme"));

@@ -1316,3 +1316,271 @@ fn creation_error(e: KafkaError) -> Error {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: &str = "t";
+
+    fn tp() -> Tp {
+        Tp {
+            topic: Arc::from(TOPIC),
+            partition: 0,
+        }
+    }
+
+    fn state(max_batch_messages: usize, max_in_flight: usize) -> (State, Arc<AckQueue>) {
+        let limits = Limits {
+            max_batch_messages,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::from_secs(60),
+            max_in_flight,
+            retry_backoff: Duration::from_millis(500),
+        };
+        let acks = Arc::new(AckQueue::default());
+        let mut state = State::new(limits, acks.clone(), IngestMetrics::default());
+        state.assign(tp(), Stream::FalcoEvents);
+        (state, acks)
+    }
+
+    fn alert(id: &str) -> Vec<u8> {
+        format!(r#"{{"uuid":"{id}","output":"o","priority":"Notice","rule":"r","time":"2024-05-01T10:00:00Z"}}"#)
+            .into_bytes()
+    }
+
+    /// Feeds messages `offsets` and returns the actions they caused.
+    fn feed(state: &mut State, offsets: std::ops::Range<i64>, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for offset in offsets {
+            let payload = alert(&format!("e{offset}"));
+            state
+                .on_message(
+                    &tp(),
+                    Stream::FalcoEvents,
+                    offset,
+                    Some(&payload),
+                    &DecodeContext::new(1),
+                    now,
+                    &mut actions,
+                )
+                .expect("valid batches concatenate");
+        }
+        actions
+    }
+
+    /// Sends the outbox's batches through a channel with room for all of them.
+    fn sent(state: &mut State) -> Vec<Batch> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut actions = Vec::new();
+        assert!(state.send_outbox(&tx, &mut actions).is_ok());
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn acked(
+        state: &mut State,
+        acks: &AckQueue,
+        batch: Batch,
+        delivery: Delivery,
+        now: Instant,
+    ) -> Vec<Action> {
+        batch.ack.complete(delivery);
+        let mut actions = Vec::new();
+        state.apply_acks(acks.take(), now, &mut actions);
+        actions
+    }
+
+    fn store(offset: i64) -> Action {
+        Action::Store { tp: tp(), offset }
+    }
+
+    #[test]
+    fn the_watermark_only_moves_over_contiguous_deliveries() {
+        let (mut state, acks) = state(2, 10);
+        let now = Instant::now();
+        assert!(feed(&mut state, 0..6, now).is_empty());
+        let mut batches = sent(&mut state).into_iter();
+        let (b0, b1, b2) = (batches.next(), batches.next(), batches.next());
+        let (Some(b0), Some(b1), Some(b2)) = (b0, b1, b2) else {
+            panic!("three batches of two")
+        };
+        assert_eq!(&*b0.origin, "kafka:t/0@0-1");
+        assert_eq!(b2.records.num_rows(), 2);
+        // Later batches delivered first: nothing may be stored yet.
+        assert!(acked(&mut state, &acks, b2, Delivery::Delivered, now).is_empty());
+        assert!(acked(&mut state, &acks, b1, Delivery::Delivered, now).is_empty());
+        // The oldest one completes the run: the last offset of all three is stored.
+        assert_eq!(
+            acked(&mut state, &acks, b0, Delivery::Delivered, now),
+            [store(5)]
+        );
+    }
+
+    #[test]
+    fn a_failed_batch_holds_the_watermark_and_is_read_again() {
+        let (mut state, acks) = state(2, 10);
+        let now = Instant::now();
+        feed(&mut state, 0..6, now);
+        let mut batches = sent(&mut state).into_iter();
+        let (Some(b0), Some(b1), Some(b2)) = (batches.next(), batches.next(), batches.next())
+        else {
+            panic!("three batches")
+        };
+        assert_eq!(
+            acked(&mut state, &acks, b0, Delivery::Delivered, now),
+            [store(1)]
+        );
+        // The failed batch pauses its partition ...
+        assert_eq!(
+            acked(&mut state, &acks, b1, Delivery::Failed, now),
+            [Action::Pause(tp())]
+        );
+        // ... and what came after it no longer counts.
+        assert!(acked(&mut state, &acks, b2, Delivery::Delivered, now).is_empty());
+        // Messages fetched before the pause took effect are ignored.
+        assert!(feed(&mut state, 6..8, now).is_empty());
+        assert!(state.outbox.is_empty());
+        // After the backoff it is sought back to the failed batch's first offset.
+        assert!(state.due_retries(now).is_empty());
+        let later = now + Duration::from_secs(1);
+        assert_eq!(state.due_retries(later), [(tp(), 2)]);
+        let mut actions = Vec::new();
+        state.seek_done(&tp(), false, later, &mut actions);
+        assert!(actions.is_empty(), "no resume after a failed seek");
+        assert!(state.due_retries(later).is_empty());
+        let retry = later + Duration::from_secs(1);
+        state.seek_done(&tp(), true, retry, &mut actions);
+        assert_eq!(actions, [Action::Resume(tp())]);
+        // The re-read is batched from the failed offset on and moves the watermark over it.
+        feed(&mut state, 2..4, retry);
+        let reread = sent(&mut state);
+        assert_eq!(reread.len(), 1);
+        assert_eq!(&*reread[0].origin, "kafka:t/0@2-3");
+        let batch = reread.into_iter().next().expect("one batch");
+        assert_eq!(
+            acked(&mut state, &acks, batch, Delivery::Delivered, retry),
+            [store(3)]
+        );
+    }
+
+    #[test]
+    fn the_in_flight_limit_pauses_and_resumes() {
+        let (mut state, acks) = state(1, 2);
+        let now = Instant::now();
+        assert!(feed(&mut state, 0..1, now).is_empty());
+        assert_eq!(feed(&mut state, 1..2, now), [Action::Pause(tp())]);
+        let mut batches = sent(&mut state).into_iter();
+        let b0 = batches.next().expect("first batch");
+        assert_eq!(
+            acked(&mut state, &acks, b0, Delivery::Delivered, now),
+            [store(0), Action::Resume(tp())]
+        );
+    }
+
+    #[test]
+    fn a_full_outbox_pauses_every_partition_until_it_empties() {
+        let (mut state, _acks) = state(1, 2);
+        let other = Tp {
+            topic: Arc::from(TOPIC),
+            partition: 1,
+        };
+        state.assign(other.clone(), Stream::FalcoEvents);
+        let now = Instant::now();
+        let actions = feed(&mut state, 0..2, now);
+        assert!(
+            actions.contains(&Action::Pause(other.clone())),
+            "{actions:?}"
+        );
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut actions = Vec::new();
+        assert!(state.send_outbox(&tx, &mut actions).is_ok());
+        // Partition 0 stays paused (two batches in flight), partition 1 resumes.
+        assert_eq!(actions, [Action::Resume(other)]);
+        assert!(rx.try_recv().is_ok());
+        drop(rx);
+        // A closed channel is reported.
+        feed(&mut state, 2..3, now);
+        assert!(state.send_outbox(&tx, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn empty_and_bad_payloads_are_quarantined_with_their_offset() {
+        let (mut state, _acks) = state(10, 10);
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        let cx = DecodeContext::new(1);
+        for (offset, payload) in [(7, None), (8, Some(&b"{oops"[..])), (9, Some(&b""[..]))] {
+            state
+                .on_message(
+                    &tp(),
+                    Stream::FalcoEvents,
+                    offset,
+                    payload,
+                    &cx,
+                    now,
+                    &mut actions,
+                )
+                .expect("decodes");
+        }
+        state.flush(&tp(), &mut actions).expect("flushes");
+        let batch = sent(&mut state).into_iter().next().expect("one batch");
+        assert_eq!(&*batch.origin, "kafka:t/0@7-9");
+        assert_eq!(batch.records.num_rows(), 0);
+        let got: Vec<(Reason, &str)> = batch
+            .quarantined
+            .iter()
+            .map(|q| (q.reason, q.detail.as_str()))
+            .collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            (got[0].0, got[0].1),
+            (Reason::InvalidField, "offset 7: message has no payload")
+        );
+        assert_eq!(got[1].0, Reason::InvalidJson);
+        assert!(got[1].1.starts_with("offset 8: "), "{}", got[1].1);
+        assert!(got[2].1.starts_with("offset 9: "), "{}", got[2].1);
+    }
+
+    #[test]
+    fn a_drain_drops_unsent_batches_and_waits_for_sent_ones() {
+        let (mut state, acks) = state(1, 10);
+        let now = Instant::now();
+        feed(&mut state, 0..3, now);
+        let first = state.outbox.pop_front().expect("a batch").batch;
+        state.start_drain(&[tp()]);
+        assert!(state.outbox.is_empty(), "unsent batches are dropped");
+        assert_eq!(state.pending(&[tp()]), 1, "the sent one is waited for");
+        // A failure while draining is not read again: the partition goes to another member.
+        assert!(acked(&mut state, &acks, first, Delivery::Failed, now).is_empty());
+        assert_eq!(state.pending(&[tp()]), 0);
+        assert!(state.due_retries(now + Duration::from_secs(10)).is_empty());
+        state.forget(&[tp()]);
+        assert!(state.parts.is_empty());
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let mut c = KafkaSourceConfig::new("", "", KafkaTopics::default());
+        c.max_batch_messages = 0;
+        c.properties.insert("group.id".into(), "x".into());
+        c.properties
+            .insert("session.timeout.ms".into(), "soon".into());
+        let Err(Error::Config(message)) = c.validate() else {
+            panic!("invalid")
+        };
+        for part in [
+            "brokers",
+            "group_id",
+            "max_batch_messages",
+            "group.id",
+            "session.timeout.ms",
+        ] {
+            assert!(message.contains(part), "{part} missing from {message}");
+        }
+        assert!(
+            is_secret("sasl.password")
+                && is_secret("ssl.key.location")
+                && !is_secret("security.protocol")
+        );
+    }
+}

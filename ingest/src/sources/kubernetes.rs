@@ -252,11 +252,7 @@ impl Kubernetes {
 
     /// Lists and watches pods until `shutdown` fires or `out` is closed; see the module docs.
     #[tracing::instrument(name = "kubernetes_source", skip_all, fields(url = %self.pods_url))]
-    pub async fn run(
-        self,
-        out: mpsc::Sender<PodEvent>,
-        shutdown: CancellationToken,
-    ) -> Result<()> {
+    pub async fn run(self, out: mpsc::Sender<PodEvent>, shutdown: CancellationToken) -> Result<()> {
         let mut known: HashMap<String, Known> = HashMap::new();
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let cx = Cx {
@@ -455,10 +451,7 @@ impl Kubernetes {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return (WatchEnd::Ended, progress),
                 Err(e) => {
-                    return (
-                        WatchEnd::Failed(e.without_url().to_string()),
-                        progress,
-                    );
+                    return (WatchEnd::Failed(e.without_url().to_string()), progress);
                 }
             };
             let mut collected = Vec::new();
@@ -950,7 +943,11 @@ mod tests {
         let steps = [100, 200, 350, 350];
         for (d, step) in d.iter().zip(steps) {
             let step = Duration::from_millis(step);
-            assert!(*d >= step / 2 && *d <= step, "{d:?} outside [{:?}, {step:?}]", step / 2);
+            assert!(
+                *d >= step / 2 && *d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
         }
         b.reset();
         assert!(b.delay() <= Duration::from_millis(100));
