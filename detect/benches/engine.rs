@@ -423,12 +423,24 @@ fn report(name: &str, fleet: &Fleet, rounds: u64) {
         state as f64 / keys.max(1) as f64,
         engine.series()
     );
+    // RSS of a second engine learning the same fleet: the first one reused the heap the batch
+    // templates freed, so its own RSS delta says little.
+    let rss_one = rss_kib();
+    let mut second = Engine::new(EngineConfig::default()).expect("default config");
+    let mut sink = Vec::new();
+    for r in 0..10 {
+        second.observe(Stream::GpuMetrics, &fleet.round(r).0, &mut sink);
+    }
+    let rss_two = rss_kib();
     println!(
-        "RSS: {:.1} MiB before the engine (fleet batches), {:.1} MiB after; delta {:.1} MiB",
+        "RSS: {:.1} MiB before the engine (fleet batches), {:.1} MiB with one engine; a second \
+         engine's state adds {:.1} MiB = {:.1} bytes per series",
         rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
-        (rss_after as f64 - rss_before as f64) / 1024.0
+        rss_after.max(rss_one) as f64 / 1024.0,
+        (rss_two as f64 - rss_one as f64) / 1024.0,
+        (rss_two as f64 - rss_one as f64) * 1024.0 / fleet.series as f64,
     );
+    drop(second);
     let mut by: std::collections::BTreeMap<(String, &str), usize> =
         std::collections::BTreeMap::new();
     for f in &out {

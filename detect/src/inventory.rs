@@ -417,6 +417,16 @@ impl Inventory {
         self.pods.values()
     }
 
+    /// Pods of `namespace` that are not deleted.
+    pub fn live_pods_in(&self, namespace: &str) -> impl Iterator<Item = &PodInfo> {
+        self.by_name
+            .get(namespace)
+            .into_iter()
+            .flat_map(|names| names.values())
+            .filter_map(|id| self.pods.get(id))
+            .filter(|p| p.deleted_at.is_none())
+    }
+
     // --- storage ---------------------------------------------------------------------------
 
     fn find(&self, uid: Option<&str>, namespace: Option<&str>, name: Option<&str>) -> Option<Id> {

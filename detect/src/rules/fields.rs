@@ -82,6 +82,11 @@ pub enum Access {
     Decision(Col),
     /// From the inventory.
     Pod(PodFact),
+    /// `gpusiem.namespace.gpu_pods`: live pods of the row's namespace that requested a GPU.
+    NamespaceGpuPods,
+    /// `gpusiem.user.service_account_roles`: for a service-account user
+    /// (`system:serviceaccount:<ns>:<name>`), the roles of the live pods running as it.
+    ServiceAccountRoles,
 }
 
 /// A column: its name and its index in the log source's schema.
@@ -117,6 +122,8 @@ enum Named {
     Int(&'static str),
     Json { column: &'static str, path: Vec<String> },
     Pod(PodFact),
+    NamespaceGpuPods,
+    ServiceAccountRoles,
 }
 
 /// Maps a Sigma field name of `source` to its access, or explains why it cannot be read.
@@ -127,6 +134,8 @@ pub fn resolve(source: LogSource, field: &str) -> Result<Access, String> {
         Named::Int(c) => Access::Int(source.col(c)),
         Named::Json { column, path } => Access::Json { column: source.col(column), path },
         Named::Pod(f) => Access::Pod(f),
+        Named::NamespaceGpuPods => Access::NamespaceGpuPods,
+        Named::ServiceAccountRoles => Access::ServiceAccountRoles,
     })
 }
 
@@ -136,6 +145,11 @@ pub fn decision() -> Access {
 }
 
 fn named(source: LogSource, field: &str) -> Result<Named, String> {
+    match field {
+        "gpusiem.namespace.gpu_pods" => return Ok(Named::NamespaceGpuPods),
+        "gpusiem.user.service_account_roles" if source == LogSource::K8sAudit => return Ok(Named::ServiceAccountRoles),
+        _ => {}
+    }
     if let Some(fact) = field.strip_prefix("gpusiem.pod.") {
         return Ok(Named::Pod(match fact {
             "role" => PodFact::Role,
@@ -370,6 +384,20 @@ impl<'a> Rows<'a> {
                 let Some((first, rest)) = path.split_first() else { return false };
                 let Some(raw) = top.get(first) else { return false };
                 walk_raw(raw, rest, f)
+            }
+            Access::NamespaceGpuPods => {
+                let Some(ns) = self.str(schema::NAMESPACE, row) else { return false };
+                let n = self.inventory.live_pods_in(ns).filter(|p| p.gpu_request() > 0).count();
+                f(&Val::Int(n as i64))
+            }
+            Access::ServiceAccountRoles => {
+                let Some(user) = self.str(ka::USER, row) else { return false };
+                let Some((ns, sa)) = user.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) else { return false };
+                let inventory = self.inventory;
+                inventory
+                    .live_pods_in(ns)
+                    .filter(|p| p.service_account.as_deref() == Some(sa))
+                    .any(|p| f(&Val::Str(Cow::Borrowed(inventory.role_of(Some(p)).0.as_str()))))
             }
             Access::Pod(fact) => {
                 let Some(pod) = self.pod(row) else { return false };

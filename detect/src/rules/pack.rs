@@ -16,7 +16,9 @@ pub const FILES: &[(&str, &str, &str)] = &[
     ("gpu_misuse_finding", include_str!("../../rules/gpu_misuse_finding.yml"), include_str!("../../rules/gpu_misuse_finding.test.yml")),
     ("gpu_reachable_without_gpu_request", include_str!("../../rules/gpu_reachable_without_gpu_request.yml"), include_str!("../../rules/gpu_reachable_without_gpu_request.test.yml")),
     ("miner_pool_connection", include_str!("../../rules/miner_pool_connection.yml"), include_str!("../../rules/miner_pool_connection.test.yml")),
+    ("networkpolicy_deleted_in_gpu_namespace", include_str!("../../rules/networkpolicy_deleted_in_gpu_namespace.yml"), include_str!("../../rules/networkpolicy_deleted_in_gpu_namespace.test.yml")),
     ("new_binary_in_inference_container", include_str!("../../rules/new_binary_in_inference_container.yml"), include_str!("../../rules/new_binary_in_inference_container.test.yml")),
+    ("secrets_read_by_inference_service_account", include_str!("../../rules/secrets_read_by_inference_service_account.yml"), include_str!("../../rules/secrets_read_by_inference_service_account.test.yml")),
     ("shell_or_new_process_in_container", include_str!("../../rules/shell_or_new_process_in_container.yml"), include_str!("../../rules/shell_or_new_process_in_container.test.yml")),
 ];
 

@@ -377,7 +377,7 @@ fn field_group(source: LogSource, n: &Node) -> Result<Vec<FieldMatch>, PErr> {
     out.sort_by_key(|m| match m.access {
         Access::Str(_) | Access::Int(_) | Access::Decision(_) => 0,
         Access::List(_) => 1,
-        Access::Pod(_) => 2,
+        Access::Pod(_) | Access::NamespaceGpuPods | Access::ServiceAccountRoles => 2,
         Access::Json { .. } => 3,
     });
     Ok(out)
