@@ -29,53 +29,7 @@ use chrono::NaiveDateTime;
 
 use crate::score::{AnomalyScorer, ScorerConfig};
 
-/// Why reading, running or scoring the benchmark failed. Messages name the file and the row,
-/// never the values in it.
-#[derive(Debug, thiserror::Error)]
-pub enum NabError {
-    /// A file or directory could not be read or written.
-    #[error("{op} `{path}`: {source}")]
-    Io {
-        /// What was being done (`reading`, `writing`, `listing`).
-        op: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A data or result CSV did not have the expected shape.
-    #[error("`{path}` line {line}: {reason}")]
-    Csv {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The label file could not be parsed.
-    #[error("labels `{path}`: {reason}")]
-    Labels {
-        /// The label file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Detector output does not line up with the labels (missing file, wrong row count).
-    #[error("results for `{file}`: {reason}")]
-    Results {
-        /// Corpus-relative data file (`realTweets/Twitter_volume_AAPL.csv`).
-        file: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The scorer configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] crate::Error),
-}
-
-/// Result of the NAB functions.
-pub type Result<T, E = NabError> = std::result::Result<T, E>;
+pub use crate::{Error, Result};
 
 /// NAB's cap on the probationary period, in rows (`0.15 · 5000`).
 pub const MAX_PROBATION_ROWS: usize = 750;
@@ -121,7 +75,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| NabError::Io {
+    std::fs::read_to_string(path).map_err(|source| Error::File {
         op: "reading",
         path: path.to_owned(),
         source,
@@ -135,7 +89,7 @@ pub fn read_series(path: &Path) -> Result<Series> {
 }
 
 fn parse_series(text: &str, path: &Path) -> Result<Series> {
-    let bad = |line: usize, reason: &str| NabError::Csv {
+    let bad = |line: usize, reason: &str| Error::Csv {
         path: path.to_owned(),
         line,
         reason: reason.to_owned(),
@@ -176,7 +130,7 @@ pub type Labels = BTreeMap<String, Vec<(i64, i64)>>;
 /// Reads NAB's `labels/combined_windows.json`.
 pub fn read_labels(path: &Path) -> Result<Labels> {
     let text = read_text(path)?;
-    let bad = |reason: String| NabError::Labels {
+    let bad = |reason: String| Error::Labels {
         path: path.to_owned(),
         reason,
     };
@@ -222,7 +176,7 @@ pub struct FileResult {
 /// Corpus-relative names of every data file under `data_dir` (`<category>/<name>.csv`), sorted.
 pub fn list_data_files(data_dir: &Path) -> Result<Vec<String>> {
     let list = |dir: &Path| -> Result<Vec<std::fs::DirEntry>> {
-        let io = |source| NabError::Io {
+        let io = |source| Error::File {
             op: "listing",
             path: dir.to_owned(),
             source,
@@ -260,7 +214,7 @@ pub fn result_path(out_dir: &Path, detector: &str, file: &str) -> PathBuf {
 
 /// Writes one result file with columns `timestamp,value,anomaly_score`.
 pub fn write_result_csv(path: &Path, series: &Series, scores: &[f64]) -> Result<()> {
-    let io = |source| NabError::Io {
+    let io = |source| Error::File {
         op: "writing",
         path: path.to_owned(),
         source,
@@ -310,7 +264,7 @@ pub fn read_results(out_dir: &Path, detector: &str, labels: &Labels) -> Result<V
     for file in labels.keys() {
         let path = result_path(out_dir, detector, file);
         let text = read_text(&path)?;
-        let bad = |line: usize, reason: &str| NabError::Csv {
+        let bad = |line: usize, reason: &str| Error::Csv {
             path: path.clone(),
             line,
             reason: reason.to_owned(),
@@ -499,19 +453,19 @@ pub fn score_corpus(results: &[FileResult], labels: &Labels) -> Result<ProfileSc
         results.iter().map(|r| (r.file.as_str(), r)).collect();
     for r in results {
         if !labels.contains_key(&r.file) {
-            return Err(NabError::Results {
+            return Err(Error::Results {
                 file: r.file.clone(),
                 reason: "not in the label file".into(),
             });
         }
         if r.ts_ns.len() != r.scores.len() {
-            return Err(NabError::Results {
+            return Err(Error::Results {
                 file: r.file.clone(),
                 reason: "timestamps and scores differ in length".into(),
             });
         }
         if let Some(bad) = r.scores.iter().position(|s| !(0.0..=1.0).contains(s)) {
-            return Err(NabError::Results {
+            return Err(Error::Results {
                 file: r.file.clone(),
                 reason: format!("row {bad}: score outside [0, 1]"),
             });
@@ -521,7 +475,7 @@ pub fn score_corpus(results: &[FileResult], labels: &Labels) -> Result<ProfileSc
     for (file, windows) in labels {
         let r = by_file
             .get(file.as_str())
-            .ok_or_else(|| NabError::Results {
+            .ok_or_else(|| Error::Results {
                 file: file.clone(),
                 reason: "no detector output".into(),
             })?;
@@ -791,7 +745,7 @@ mod tests {
         labels.insert("a/b.csv".into(), vec![]);
         assert!(matches!(
             score_corpus(&[r], &labels),
-            Err(NabError::Results { .. })
+            Err(Error::Results { .. })
         ));
     }
 

@@ -424,7 +424,7 @@ impl RuleEngine {
                 }
                 let event_id = format!("{stream_name}:{}", rows.str(id_col, row).unwrap_or(""));
                 let t = ts.value(row);
-                let entity = entity(&mut rows, row, cx);
+                let entity = Arc::new(entity(&mut rows, row));
                 if self.set.rules[ri].generate {
                     self.rule_finding(ri, &mut rows, row, t, &event_id, &entity, out);
                 }
@@ -434,7 +434,7 @@ impl RuleEngine {
                     let ev = Ev { ts: t, step: feed.step, event_id: event_id.clone(), value, entity: entity.clone() };
                     let rule = &self.set.rules[feed.correlation];
                     let RuleKind::Correlation(c) = &rule.kind else { continue };
-                    self.correlations.entry(feed.correlation).or_default().on_event(rule, c, key, ev, cx.watermark, self.lateness_ns, out);
+                    self.correlations.entry(feed.correlation).or_default().on_event(rule, c, key, ev, cx.watermark, self.lateness_ns, cx.inventory, out);
                 }
             }
         }
@@ -481,6 +481,7 @@ impl RuleEngine {
             _ => String::new(),
         };
         let by = user.map(|u| format!(" by {u}")).unwrap_or_default();
+        let (role, role_reason) = rows.role(row);
         out.push(Finding {
             id: ep.id.clone(),
             ts: ep.start,
@@ -497,8 +498,8 @@ impl RuleEngine {
             container: entity.container.clone(),
             node: entity.node.clone(),
             gpu_uuid: entity.gpu_uuid.clone(),
-            role: entity.role.0,
-            role_reason: entity.role.1.clone(),
+            role,
+            role_reason,
             mitre: rule.mitre.clone(),
             evidence: serde_json::json!({
                 "rule": { "name": rule.name, "title": rule.title, "id": rule.sigma_id, "file": rule.origin.0, "line": rule.origin.1 },
@@ -514,7 +515,7 @@ fn secs(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000
 }
 
-fn entity(rows: &mut Rows<'_>, row: usize, cx: &DetectContext<'_>) -> Entity {
+fn entity(rows: &mut Rows<'_>, row: usize) -> Entity {
     let s = |c| rows.str(c, row).map(str::to_string);
     let mut e = Entity {
         cluster: s(schema::CLUSTER),
@@ -524,13 +525,10 @@ fn entity(rows: &mut Rows<'_>, row: usize, cx: &DetectContext<'_>) -> Entity {
         container: s(schema::CONTAINER),
         node: s(schema::NODE),
         gpu_uuid: s(schema::GPU_UUID),
-        role: Default::default(),
     };
-    let pod = rows.pod(row);
     if e.node.is_none() {
-        e.node = pod.and_then(|p| p.node.clone());
+        e.node = rows.pod(row).and_then(|p| p.node.clone());
     }
-    e.role = cx.inventory.role_of(pod);
     e
 }
 
@@ -590,7 +588,7 @@ impl Detector for RuleEngine {
         for (i, state) in &mut self.correlations {
             let rule = &self.set.rules[*i];
             if let RuleKind::Correlation(c) = &rule.kind {
-                state.on_tick(rule, c, cx.watermark.max(now), self.lateness_ns, out);
+                state.on_tick(rule, c, cx.watermark.max(now), self.lateness_ns, cx.inventory, out);
             }
         }
         let horizon = now.saturating_sub(self.suppress_ns);

@@ -14,7 +14,6 @@
 
 use serde::{Deserialize, Serialize};
 
-#[path = "scorers/multiscale_tail.rs"]
 pub mod multiscale_tail;
 
 pub use multiscale_tail::{MultiscaleTail, MultiscaleTailConfig, MultiscaleTailFactory};

@@ -2,9 +2,8 @@
 //! scoring the bundled results of four detectors must give `results/final_results.json`, and
 //! the bundled Windowed Gaussian per-row files must give their per-file scores.
 //!
-//! The data lives outside the repository (`../shared/nab` beside the checkout, or
-//! `$GPUSIEM_NAB_DIR`); without it these tests say so and pass vacuously, so that plain
-//! `cargo test` works anywhere.
+//! The corpus is vendored under `tests/fixtures/nab` (data, labels and the published results);
+//! `$GPUSIEM_NAB_DIR` points the tests at another copy.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,20 +12,16 @@ use anyhow::{Context, Result};
 use gpusiem_detect::nab::{self, FileResult, Labels};
 use serde::Deserialize;
 
-fn nab_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("GPUSIEM_NAB_DIR").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/nab")),
-        Some(PathBuf::from("/work/shared/nab")),
-    ];
-    let found = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("labels/combined_windows.json").is_file());
-    if found.is_none() {
-        eprintln!("NAB data not found (set GPUSIEM_NAB_DIR); skipping");
-    }
-    found
+fn nab_dir() -> PathBuf {
+    let dir = std::env::var_os("GPUSIEM_NAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nab"));
+    assert!(
+        dir.join("labels/combined_windows.json").is_file() && dir.join("data").is_dir(),
+        "the NAB corpus is missing from {}",
+        dir.display()
+    );
+    dir
 }
 
 #[derive(Deserialize)]
@@ -74,7 +69,7 @@ fn published(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
 }
 
 fn check_detector(detector: &str) -> Result<()> {
-    let Some(dir) = nab_dir() else { return Ok(()) };
+    let dir = nab_dir();
     let labels = nab::read_labels(&dir.join("labels/combined_windows.json"))?;
     assert_eq!(labels.values().map(Vec::len).sum::<usize>(), 116);
     let results = load_sparse(&dir, detector)?;
@@ -143,7 +138,7 @@ fn published_file_scores(dir: &Path, profile: &str) -> Result<BTreeMap<String, (
 
 #[test]
 fn windowed_gaussian_rows_match_published_file_scores() -> Result<()> {
-    let Some(dir) = nab_dir() else { return Ok(()) };
+    let dir = nab_dir();
     let labels = nab::read_labels(&dir.join("labels/combined_windows.json"))?;
     let wg = dir.join("results/windowedGaussian");
     let mut checked = 0;
@@ -182,7 +177,7 @@ fn windowed_gaussian_rows_match_published_file_scores() -> Result<()> {
 fn windowed_gaussian_totals_match_the_published_normalised_scores() -> Result<()> {
     // The Totals rows of the published per-file tables normalise to final_results.json: the
     // closed-form null and perfect scores are what NAB's normalisation uses.
-    let Some(dir) = nab_dir() else { return Ok(()) };
+    let dir = nab_dir();
     let expected = &published(&dir)?["windowedGaussian"];
     for profile in nab::PROFILES {
         let path = dir.join(format!(
@@ -217,7 +212,7 @@ fn windowed_gaussian_totals_match_the_published_normalised_scores() -> Result<()
 
 #[test]
 fn written_results_read_back_bit_identical() -> Result<()> {
-    let Some(dir) = nab_dir() else { return Ok(()) };
+    let dir = nab_dir();
     let file = "realKnownCause/rogue_agent_key_hold.csv";
     let series = nab::read_series(&dir.join("data").join(file))?;
     let scores: Vec<f64> = (0..series.len())
@@ -243,7 +238,7 @@ fn written_results_read_back_bit_identical() -> Result<()> {
 fn default_scorer_beats_the_bar_on_nab() -> Result<()> {
     // Issue 3's bar: standard profile ≥ 65 (above Skyline 58.2, KNN-CAD 58.0, RCF 51.7). The
     // run is causal, cold-started per file, with one configuration for every file.
-    let Some(dir) = nab_dir() else { return Ok(()) };
+    let dir = nab_dir();
     let labels = nab::read_labels(&dir.join("labels/combined_windows.json"))?;
     let config = gpusiem_detect::score::ScorerConfig::default();
     let results = nab::run_corpus(&dir.join("data"), None, &config)?;

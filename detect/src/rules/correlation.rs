@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use super::sigma::{CmpOp, Correlation, CorrelationKind, Rule};
 use crate::finding::{Finding, Severity, Status, finding_id};
-use crate::role::Role;
+use crate::inventory::Inventory;
 
 /// Most events remembered per group.
 pub const MAX_EVENTS_PER_GROUP: usize = 256;
@@ -35,8 +35,8 @@ pub struct Ev {
     pub event_id: String,
     /// `value_count`'s field value.
     pub value: Option<String>,
-    /// Entity of the row.
-    pub entity: Entity,
+    /// Entity of the row (shared by every correlation the row feeds).
+    pub entity: std::sync::Arc<Entity>,
 }
 
 /// Entity columns of a matched row.
@@ -56,8 +56,6 @@ pub struct Entity {
     pub node: Option<String>,
     /// GPU.
     pub gpu_uuid: Option<String>,
-    /// Role of the pod and why.
-    pub role: (Role, String),
 }
 
 #[derive(Debug, Default)]
@@ -102,7 +100,8 @@ impl CorrelationState {
     }
 
     /// Adds a match; pushes a raised or updated finding to `out` when the condition holds.
-    pub fn on_event(&mut self, rule: &Rule, c: &Correlation, key: String, ev: Ev, watermark: i64, lateness: i64, out: &mut Vec<Finding>) {
+    #[allow(clippy::too_many_arguments)] // the window's inputs, each needed
+    pub fn on_event(&mut self, rule: &Rule, c: &Correlation, key: String, ev: Ev, watermark: i64, lateness: i64, inventory: &Inventory, out: &mut Vec<Finding>) {
         if ev.ts < watermark.saturating_sub(lateness) {
             self.late += 1;
             return;
@@ -138,13 +137,13 @@ impl CorrelationState {
             g.events.pop_front();
         }
         if let Some(hit) = evaluate(c, &g.events) {
-            emit(rule, c, &key, g, hit, out);
+            emit(rule, c, &key, g, hit, inventory, out);
         }
     }
 
     /// Closes windows the watermark has passed: absence rules fire, count rules with `lt`/`lte`
     /// judge, idle groups are evicted.
-    pub fn on_tick(&mut self, rule: &Rule, c: &Correlation, watermark: i64, lateness: i64, out: &mut Vec<Finding>) {
+    pub fn on_tick(&mut self, rule: &Rule, c: &Correlation, watermark: i64, lateness: i64, inventory: &Inventory, out: &mut Vec<Finding>) {
         let closed = watermark.saturating_sub(lateness);
         let mut evict = Vec::new();
         for (key, g) in &mut self.groups {
@@ -154,7 +153,7 @@ impl CorrelationState {
                 for p in due {
                     let hit = Hit { events: vec![p], complete: true };
                     g.episode = None;
-                    emit(rule, c, key, g, hit, out);
+                    emit(rule, c, key, g, hit, inventory, out);
                 }
             }
             if let (CorrelationKind::EventCount | CorrelationKind::ValueCount, Some((op @ (CmpOp::Lt | CmpOp::Lte), n))) = (c.kind, c.threshold) {
@@ -164,7 +163,7 @@ impl CorrelationState {
                     let holds = if op == CmpOp::Lt { count < n } else { count <= n };
                     if holds {
                         let hit = Hit { events: g.events.iter().cloned().collect(), complete: true };
-                        emit(rule, c, key, g, hit, out);
+                        emit(rule, c, key, g, hit, inventory, out);
                     }
                 }
             }
@@ -261,7 +260,7 @@ fn longest_ordered_chain(events: &VecDeque<Ev>, span: i64) -> Vec<Ev> {
     chain
 }
 
-fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, out: &mut Vec<Finding>) {
+fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, inventory: &Inventory, out: &mut Vec<Finding>) {
     let Some(first) = hit.events.first() else { return };
     let last = hit.events.last().unwrap_or(first).clone();
     let severity = match (hit.complete, c.full_chain_level) {
@@ -294,6 +293,7 @@ fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, out: &
     let mut event_ids: Vec<String> = hit.events.iter().map(|e| e.event_id.clone()).collect();
     event_ids.dedup();
     let entity = &last.entity;
+    let (role, role_reason) = inventory.role_of(inventory.lookup(entity.pod_uid.as_deref(), entity.namespace.as_deref(), entity.pod.as_deref()));
     let where_ = match (&entity.namespace, &entity.pod) {
         (Some(ns), Some(pod)) => format!(" on pod {ns}/{pod}"),
         (Some(ns), None) => format!(" in namespace {ns}"),
@@ -328,8 +328,8 @@ fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, out: &
         container: entity.container.clone(),
         node: entity.node.clone(),
         gpu_uuid: hit.events.iter().rev().find_map(|e| e.entity.gpu_uuid.clone()),
-        role: entity.role.0,
-        role_reason: entity.role.1.clone(),
+        role,
+        role_reason,
         mitre: rule.mitre.clone(),
         evidence: serde_json::json!({
             "correlation": kind,
@@ -348,7 +348,7 @@ mod tests {
     use super::*;
 
     fn ev(ts: i64, step: usize) -> Ev {
-        Ev { ts, step, event_id: format!("e{ts}"), value: None, entity: Entity::default() }
+        Ev { ts, step, event_id: format!("e{ts}"), value: None, entity: Default::default() }
     }
 
     #[test]

@@ -422,6 +422,12 @@ impl<'a> Rows<'a> {
         }
     }
 
+    /// The role of the row's pod, and why.
+    pub fn role(&mut self, row: usize) -> (crate::role::Role, String) {
+        let pod = self.pod(row);
+        self.inventory.role_of(pod)
+    }
+
     /// The row's pod in the inventory.
     pub fn pod(&mut self, row: usize) -> Option<&'a PodInfo> {
         if let Some((r, p)) = self.pod {
