@@ -4,7 +4,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, ListBuilder, StringBuilder, TimestampNanosecondBuilder};
+use arrow::array::{
+    ArrayRef, ListBuilder, StringBuilder, TimestampNanosecondBuilder, new_null_array,
+};
+use arrow::datatypes::DataType;
 
 /// A JSON string that borrows from the input when it has no escapes.
 ///
@@ -19,21 +22,112 @@ impl JStr<'_> {
     }
 }
 
+/// A JSON value kept as its text: what serde_json's `&RawValue` reads, as a `&str` that the
+/// fast path ([`super::json_lines::scan`]) can produce too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawJson<'a>(pub &'a str);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawJson<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a serde_json::value::RawValue>::deserialize(d).map(|raw| RawJson(raw.get()))
+    }
+}
+
 /// `Option<JStr>` → `Option<&str>`, empty strings as `None`.
 pub(crate) fn non_empty<'s>(v: &'s Option<JStr<'_>>) -> Option<&'s str> {
     v.as_ref().map(JStr::as_str).filter(|s| !s.is_empty())
 }
 
+/// A nullable string column that allocates nothing while all its values are null: many columns
+/// are null in most inputs (MIG profile, vGPU, impersonated user, pod UID, …), and a null then
+/// costs an add instead of a builder append.
+pub(crate) struct Strings {
+    builder: Option<StringBuilder>,
+    leading_nulls: usize,
+    rows: usize,
+    data_bytes: usize,
+}
+
+impl Strings {
+    /// A column for about `rows` values of about `bytes_per_row` bytes (reserved on the first
+    /// value that is not null).
+    pub(crate) fn with_capacity(rows: usize, bytes_per_row: usize) -> Self {
+        Self::with_data_capacity(rows, rows * bytes_per_row)
+    }
+
+    /// A column for about `rows` values of about `data_bytes` bytes in all.
+    pub(crate) fn with_data_capacity(rows: usize, data_bytes: usize) -> Self {
+        Strings {
+            builder: None,
+            leading_nulls: 0,
+            rows,
+            data_bytes,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn append_option(&mut self, value: Option<&str>) {
+        match value {
+            Some(value) => self.append_value(value),
+            None => self.append_null(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn append_null(&mut self) {
+        match &mut self.builder {
+            Some(b) => b.append_null(),
+            None => self.leading_nulls += 1,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn append_value(&mut self, value: impl AsRef<str>) {
+        self.builder().append_value(value);
+    }
+
+    #[inline]
+    fn builder(&mut self) -> &mut StringBuilder {
+        if self.builder.is_none() {
+            self.start();
+        }
+        self.builder.as_mut().expect("started above")
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn start(&mut self) {
+        let mut b =
+            StringBuilder::with_capacity(self.rows.max(self.leading_nulls + 1), self.data_bytes);
+        b.append_nulls(self.leading_nulls);
+        self.builder = Some(b);
+    }
+
+    pub(crate) fn finish(&mut self) -> ArrayRef {
+        match self.builder.take() {
+            Some(mut b) => Arc::new(b.finish()),
+            None => new_null_array(&DataType::Utf8, std::mem::take(&mut self.leading_nulls)),
+        }
+    }
+}
+
+impl std::fmt::Write for Strings {
+    /// Writes into the value being built; [`Strings::append_value`] with `""` ends it.
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.builder().write_str(s)
+    }
+}
+
 /// The entity columns (`ts` … `gpu_uuid`) of one batch.
 pub(crate) struct EntityColumns {
     ts: TimestampNanosecondBuilder,
-    cluster: StringBuilder,
-    node: StringBuilder,
-    namespace: StringBuilder,
-    pod: StringBuilder,
-    pod_uid: StringBuilder,
-    container: StringBuilder,
-    gpu_uuid: StringBuilder,
+    node: Strings,
+    namespace: Strings,
+    pod: Strings,
+    pod_uid: Strings,
+    container: Strings,
+    gpu_uuid: Strings,
+    /// Stamped on every row: built in one go at the end.
     cluster_name: Option<Arc<str>>,
 }
 
@@ -48,25 +142,38 @@ pub(crate) struct Entity<'a> {
     pub gpu_uuid: Option<&'a str>,
 }
 
+/// Expected bytes per row of each entity column, to size the builders: a builder that grows
+/// copies its buffer into fresh memory (Arrow buffers are 64-byte aligned, which `realloc` cannot
+/// keep), and reserved memory that is never written costs nothing.
+pub(crate) struct EntityBytes {
+    pub node: usize,
+    pub namespace: usize,
+    pub pod: usize,
+    pub pod_uid: usize,
+    pub container: usize,
+    pub gpu_uuid: usize,
+}
+
 impl EntityColumns {
-    pub(crate) fn with_capacity(rows: usize, cluster: Option<Arc<str>>) -> Self {
-        let s = || StringBuilder::with_capacity(rows, rows * 16);
+    pub(crate) fn with_capacity(
+        rows: usize,
+        bytes: EntityBytes,
+        cluster: Option<Arc<str>>,
+    ) -> Self {
         EntityColumns {
             ts: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
-            cluster: StringBuilder::with_capacity(rows, 0),
-            node: s(),
-            namespace: s(),
-            pod: s(),
-            pod_uid: s(),
-            container: s(),
-            gpu_uuid: s(),
+            node: Strings::with_capacity(rows, bytes.node),
+            namespace: Strings::with_capacity(rows, bytes.namespace),
+            pod: Strings::with_capacity(rows, bytes.pod),
+            pod_uid: Strings::with_capacity(rows, bytes.pod_uid),
+            container: Strings::with_capacity(rows, bytes.container),
+            gpu_uuid: Strings::with_capacity(rows, bytes.gpu_uuid),
             cluster_name: cluster,
         }
     }
 
     pub(crate) fn append(&mut self, ts: i64, e: &Entity<'_>) {
         self.ts.append_value(ts);
-        self.cluster.append_option(self.cluster_name.as_deref());
         self.node.append_option(e.node);
         self.namespace.append_option(e.namespace);
         self.pod.append_option(e.pod);
@@ -76,15 +183,24 @@ impl EntityColumns {
     }
 
     pub(crate) fn finish(mut self) -> Vec<ArrayRef> {
+        let ts = self.ts.finish();
+        let cluster: ArrayRef = match &self.cluster_name {
+            Some(name) => {
+                let mut b = StringBuilder::with_capacity(ts.len(), ts.len() * name.len());
+                b.append_value_n(name.as_ref(), ts.len());
+                Arc::new(b.finish())
+            }
+            None => new_null_array(&DataType::Utf8, ts.len()),
+        };
         vec![
-            Arc::new(self.ts.finish()),
-            Arc::new(self.cluster.finish()),
-            Arc::new(self.node.finish()),
-            Arc::new(self.namespace.finish()),
-            Arc::new(self.pod.finish()),
-            Arc::new(self.pod_uid.finish()),
-            Arc::new(self.container.finish()),
-            Arc::new(self.gpu_uuid.finish()),
+            Arc::new(ts),
+            cluster,
+            self.node.finish(),
+            self.namespace.finish(),
+            self.pod.finish(),
+            self.pod_uid.finish(),
+            self.container.finish(),
+            self.gpu_uuid.finish(),
         ]
     }
 }
@@ -105,12 +221,119 @@ pub(crate) fn append_list<'a>(
     }
 }
 
-/// A string column builder with room for `rows` values of about `bytes_per_row` bytes.
+/// About how many lines `input` has, for sizing builders: counted in the first 16 KiB and
+/// extrapolated (with 10% to spare), so that a large input is not read an extra time from memory
+/// before it is decoded.
+pub(crate) fn estimate_lines(input: &[u8]) -> usize {
+    const SAMPLE: usize = 16 << 10;
+    let sample = &input[..input.len().min(SAMPLE)];
+    let lines = memchr::memchr_iter(b'\n', sample).count() + 1;
+    if sample.len() == input.len() {
+        lines
+    } else {
+        lines * input.len() / sample.len() * 11 / 10 + 16
+    }
+}
+
+/// A string column builder with room for `rows` values of about `bytes_per_row` bytes (for
+/// columns that are rarely null; see [`Strings`] for the others).
 pub(crate) fn strings(rows: usize, bytes_per_row: usize) -> StringBuilder {
     StringBuilder::with_capacity(rows, rows * bytes_per_row)
 }
 
-/// Hex of the XXH3-128 hash of `bytes`: a stable id for records that carry none.
-pub(crate) fn content_id(bytes: &[u8]) -> String {
-    format!("{:032x}", twox_hash::XxHash3_128::oneshot(bytes))
+/// Appends the hex of the XXH3-128 hash of `bytes` (32 digits, as `{:032x}` prints it): a
+/// stable id for records that carry none.
+pub(crate) fn append_content_id(b: &mut StringBuilder, bytes: &[u8]) {
+    let hex = hex32(twox_hash::XxHash3_128::oneshot(bytes));
+    b.append_value(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
+}
+
+/// `format!("{:032x}", n)` without the allocation.
+fn hex32(n: u128) -> [u8; 32] {
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(n >> (124 - 4 * i) & 0xf) as usize];
+    }
+    hex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Array;
+    use std::fmt::Write;
+
+    #[test]
+    fn sparse_strings_equal_a_plain_builder() {
+        let rows: [&[Option<&str>]; 4] = [
+            &[None, None, None],
+            &[None, Some("a"), None, Some("")],
+            &[Some("x")],
+            &[],
+        ];
+        for values in rows {
+            let (mut sparse, mut plain) = (Strings::with_capacity(2, 4), StringBuilder::new());
+            for v in values {
+                sparse.append_option(*v);
+                plain.append_option(*v);
+            }
+            assert_eq!(
+                sparse.finish().to_data(),
+                plain.finish().to_data(),
+                "{values:?}"
+            );
+        }
+        let mut sparse = Strings::with_capacity(0, 0);
+        sparse.append_null();
+        sparse.write_str("ab").expect("write");
+        sparse.write_str("c").expect("write");
+        sparse.append_value("");
+        let array = sparse.finish();
+        let array = array
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("utf8");
+        assert!(array.is_null(0));
+        assert_eq!(array.value(1), "abc");
+    }
+
+    #[test]
+    fn line_estimates() {
+        assert_eq!(estimate_lines(b""), 1);
+        assert_eq!(estimate_lines(b"a\nb\n"), 3);
+        let big = "x".repeat(99).to_string() + "\n";
+        let big = big.repeat(10_000);
+        let n = estimate_lines(big.as_bytes());
+        assert!((10_000..=12_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn hex32_is_zero_padded_lower_hex() {
+        for n in [
+            0,
+            1,
+            0xf,
+            0x0123_4567_89ab_cdef,
+            u128::MAX,
+            u128::MAX >> 4,
+            1 << 127,
+        ] {
+            assert_eq!(hex32(n).as_slice(), format!("{n:032x}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn content_id_is_the_hex_of_the_hash() {
+        let mut b = StringBuilder::new();
+        let inputs: [&[u8]; 3] = [b"", b"{\"rule\":\"r\"}", &[0u8; 1000]];
+        for input in inputs {
+            append_content_id(&mut b, input);
+        }
+        let ids = b.finish();
+        for (i, input) in inputs.iter().enumerate() {
+            let expected = format!("{:032x}", twox_hash::XxHash3_128::oneshot(input));
+            assert_eq!(ids.value(i), expected);
+        }
+        assert_eq!(ids.len(), 3);
+    }
 }

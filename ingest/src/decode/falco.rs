@@ -8,6 +8,7 @@
 //! `append_output` adds to `output`, and from CRI container names
 //! (`k8s_<container>_<pod>_<namespace>_<uid>_<n>`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Builder, ListBuilder, StringBuilder};
@@ -15,16 +16,20 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::columns::{Entity, EntityColumns, JStr, append_list, content_id, non_empty, strings};
-use super::json_lines::{RecordError, for_each_record, parse};
+use super::columns::{
+    Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, append_content_id, append_list,
+    estimate_lines, non_empty, strings,
+};
+use super::json_lines::scan::Scanner;
+use super::json_lines::{RecordError, check_depth, for_each_record, parse};
 use super::{DecodeContext, Decoded, Location, Quarantined, Reason};
 use crate::schema::{Stream, falco_events};
 use crate::time::parse_rfc3339_nanos;
 
 /// Decodes Falco alerts.
 pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
-    let estimate = memchr::memchr_iter(b'\n', input).count() + 1;
-    let mut b = Builder::with_capacity(estimate, cx);
+    let estimate = estimate_lines(input);
+    let mut b = Builder::with_capacity(estimate, input.len(), cx);
     let mut quarantined = Vec::new();
     for_each_record(
         input,
@@ -33,10 +38,11 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
         &mut quarantined,
         |text, location, q| {
             if text.starts_with('[') {
+                check_depth(text)?;
                 let items: Vec<&RawValue> = parse(text)?;
                 for (i, item) in items.into_iter().enumerate() {
                     let raw = item.get();
-                    if let Err((reason, detail)) = b.alert(raw) {
+                    if let Err((reason, detail)) = b.alert(raw, Depth::Checked) {
                         let loc = Location::Item(i as u64);
                         q.push(Quarantined::new(
                             Stream::FalcoEvents,
@@ -50,7 +56,7 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
                 Ok(())
             } else {
                 let _ = location;
-                b.alert(text)
+                b.alert(text, Depth::Unchecked)
             }
         },
     );
@@ -58,6 +64,20 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
         batch: b.finish()?,
         quarantined,
     })
+}
+
+/// Whether an alert's nesting has been checked (see [`for_each_record`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Depth {
+    Checked,
+    Unchecked,
+}
+
+/// Empties a tag list and hands its allocation to a list of another lifetime, so one
+/// allocation serves every alert (the in-place `collect` reuses the buffer: same layout).
+fn recycle<'b>(mut v: Vec<JStr<'_>>) -> Vec<JStr<'b>> {
+    v.clear();
+    v.into_iter().map(|_| JStr(Cow::Borrowed(""))).collect()
 }
 
 /// Falco's priorities, long form, as Falco writes them in JSON.
@@ -83,7 +103,7 @@ pub fn normalize_priority(p: &str) -> Option<&'static str> {
         .find(|known| known.eq_ignore_ascii_case(p))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Alert<'a> {
     #[serde(borrow, default)]
     time: Option<JStr<'a>>,
@@ -102,7 +122,7 @@ struct Alert<'a> {
     #[serde(borrow, default)]
     tags: Option<Vec<JStr<'a>>>,
     #[serde(borrow, default)]
-    output_fields: Option<&'a RawValue>,
+    output_fields: Option<RawJson<'a>>,
 }
 
 /// The output fields gpusiem promotes to columns.
@@ -126,6 +146,18 @@ struct Fields<'a> {
     fd_name: Option<FieldStr<'a>>,
 }
 
+impl Fields<'_> {
+    /// Whether a field that [`OutputSuffix`] can supply is missing.
+    fn lacks_identity(&self) -> bool {
+        self.container_id.is_none()
+            || self.container_name.is_none()
+            || self.image.is_none()
+            || self.image_tag.is_none()
+            || self.namespace.is_none()
+            || self.pod.is_none()
+    }
+}
+
 /// An output field value rendered as text: strings as themselves, other scalars and arrays as
 /// their JSON text.
 type FieldStr<'a> = std::borrow::Cow<'a, str>;
@@ -144,32 +176,19 @@ impl<'de> Deserialize<'de> for Fields<'de> {
             ) -> Result<Fields<'de>, A::Error> {
                 let mut out = Fields::default();
                 while let Some(key) = map.next_key::<JStr<'de>>()? {
-                    let slot = match key.as_str() {
-                        "evt.time" | "evt.time.iso8601" | "evt_time" | "evt.rawtime" => {
+                    let slot = match out.slot(key.as_str().as_bytes()) {
+                        Slot::EvtTime => {
                             let raw: &RawValue = map.next_value()?;
                             out.evt_time = raw.get().parse::<i64>().ok().or(out.evt_time);
                             continue;
                         }
-                        "user.uid" => {
+                        Slot::UserUid => {
                             let raw: &RawValue = map.next_value()?;
                             out.user_uid = raw.get().parse::<i64>().ok();
                             continue;
                         }
-                        "evt.type" => &mut out.evt_type,
-                        "container.id" => &mut out.container_id,
-                        "container.name" => &mut out.container_name,
-                        "container.image.repository" | "container.image" => &mut out.image,
-                        "container.image.tag" => &mut out.image_tag,
-                        "k8s.ns.name" | "ka.target.namespace" => &mut out.namespace,
-                        "k8s.pod.name" => &mut out.pod,
-                        "k8s.pod.uid" => &mut out.pod_uid,
-                        "proc.name" => &mut out.proc_name,
-                        "proc.exepath" => &mut out.proc_exepath,
-                        "proc.cmdline" => &mut out.proc_cmdline,
-                        "proc.pname" => &mut out.proc_pname,
-                        "user.name" | "ka.user.name" => &mut out.user_name,
-                        "fd.name" => &mut out.fd_name,
-                        _ => {
+                        Slot::Text(slot) => slot,
+                        Slot::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             continue;
                         }
@@ -181,6 +200,123 @@ impl<'de> Deserialize<'de> for Fields<'de> {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// Reads an alert in one pass with the [`Scanner`]: `None` when serde_json must read it (see
+/// the scanner's contract). Mirrors `Alert`'s derived `Deserialize` (unknown keys skipped, a
+/// known key twice is an error: gives up) and `Fields`' visitor (keys in order, the last one
+/// wins).
+fn scan_alert<'a>(text: &'a str, tags: &mut Vec<JStr<'a>>) -> Option<(Alert<'a>, Fields<'a>)> {
+    let mut s = Scanner::new(text);
+    let mut a = Alert::default();
+    let mut fields = Fields::default();
+    let mut seen = 0u16;
+    s.object(|s, key| {
+        let bit = match key {
+            b"time" => 0,
+            b"rule" => 1,
+            b"priority" => 2,
+            b"source" => 3,
+            b"hostname" => 4,
+            b"output" => 5,
+            b"uuid" => 6,
+            b"tags" => 7,
+            b"output_fields" => 8,
+            _ => return s.skip(),
+        };
+        if seen & 1 << bit != 0 {
+            return None;
+        }
+        seen |= 1 << bit;
+        let slot = match bit {
+            0 => &mut a.time,
+            1 => &mut a.rule,
+            2 => &mut a.priority,
+            3 => &mut a.source,
+            4 => &mut a.hostname,
+            5 => &mut a.output,
+            6 => &mut a.uuid,
+            7 => {
+                if !s.is_null()? {
+                    s.array(|s| {
+                        tags.push(JStr(s.string()?));
+                        Some(())
+                    })?;
+                    a.tags = Some(std::mem::take(tags));
+                }
+                return Some(());
+            }
+            _ => {
+                if !s.is_null()? {
+                    let start = s.value_start();
+                    scan_fields(s, &mut fields)?;
+                    a.output_fields = Some(RawJson(&s.text()[start..s.pos()]));
+                }
+                return Some(());
+            }
+        };
+        *slot = s.opt_string()?.map(JStr);
+        Some(())
+    })?;
+    s.finish()?;
+    Some((a, fields))
+}
+
+/// `Fields`' visitor over the [`Scanner`].
+fn scan_fields<'a>(s: &mut Scanner<'a>, out: &mut Fields<'a>) -> Option<()> {
+    s.object(|s, key| {
+        match out.slot(key) {
+            Slot::EvtTime => out.evt_time = s.raw()?.parse::<i64>().ok().or(out.evt_time),
+            Slot::UserUid => out.user_uid = s.raw()?.parse::<i64>().ok(),
+            Slot::Text(slot) => {
+                *slot = match s.peek()? {
+                    b'"' => Some(s.string()?).filter(|v| !v.is_empty() && v != "<NA>"),
+                    _ => Some(FieldStr::Borrowed(s.raw()?)).filter(|v| !v.starts_with('n')),
+                }
+            }
+            Slot::Other => s.skip()?,
+        }
+        Some(())
+    })
+}
+
+/// Where an output field goes.
+enum Slot<'s, 'a> {
+    /// `evt.time` and its aliases: an exact integer, or ignored.
+    EvtTime,
+    /// `user.uid`: an exact integer, or null.
+    UserUid,
+    /// A field kept as text.
+    Text(&'s mut Option<FieldStr<'a>>),
+    /// Not promoted.
+    Other,
+}
+
+impl<'a> Fields<'a> {
+    /// Where the output field `key` goes.
+    fn slot(&mut self, key: &[u8]) -> Slot<'_, 'a> {
+        Slot::Text(match key {
+            b"evt.time" | b"evt.time.iso8601" | b"evt_time" | b"evt.rawtime" => {
+                return Slot::EvtTime;
+            }
+            b"user.uid" => return Slot::UserUid,
+            b"evt.type" => &mut self.evt_type,
+            b"container.id" => &mut self.container_id,
+            b"container.name" => &mut self.container_name,
+            b"container.image.repository" | b"container.image" => &mut self.image,
+            b"container.image.tag" => &mut self.image_tag,
+            b"k8s.ns.name" | b"ka.target.namespace" => &mut self.namespace,
+            b"k8s.pod.name" => &mut self.pod,
+            b"k8s.pod.uid" => &mut self.pod_uid,
+            b"proc.name" => &mut self.proc_name,
+            b"proc.exepath" => &mut self.proc_exepath,
+            b"proc.cmdline" => &mut self.proc_cmdline,
+            b"proc.pname" => &mut self.proc_pname,
+            b"user.name" | b"ka.user.name" => &mut self.user_name,
+            b"fd.name" => &mut self.fd_name,
+            _ => return Slot::Other,
+        })
     }
 }
 
@@ -200,78 +336,109 @@ struct Builder {
     event_id: StringBuilder,
     rule: StringBuilder,
     priority: StringBuilder,
-    source: StringBuilder,
-    output: StringBuilder,
+    source: Strings,
+    output: Strings,
     tags: ListBuilder<StringBuilder>,
     evt_time: Int64Builder,
-    evt_type: StringBuilder,
-    container_id: StringBuilder,
-    image: StringBuilder,
-    image_tag: StringBuilder,
-    proc_name: StringBuilder,
-    proc_exepath: StringBuilder,
-    proc_cmdline: StringBuilder,
-    proc_pname: StringBuilder,
-    user_name: StringBuilder,
+    evt_type: Strings,
+    container_id: Strings,
+    image: Strings,
+    image_tag: Strings,
+    proc_name: Strings,
+    proc_exepath: Strings,
+    proc_cmdline: Strings,
+    proc_pname: Strings,
+    user_name: Strings,
     user_uid: Int64Builder,
-    fd_name: StringBuilder,
-    uuid: StringBuilder,
-    output_fields: StringBuilder,
+    fd_name: Strings,
+    uuid: Strings,
+    output_fields: Strings,
+    /// An empty list whose allocation `alert` reuses for the tags.
+    tags_buf: Vec<JStr<'static>>,
 }
 
 impl Builder {
-    fn with_capacity(n: usize, cx: &DecodeContext) -> Self {
+    /// Builders for about `n` alerts in `bytes` bytes of input.
+    fn with_capacity(n: usize, bytes: usize, cx: &DecodeContext) -> Self {
+        let entity = EntityBytes {
+            node: 24,
+            namespace: 16,
+            pod: 32,
+            pod_uid: 0,
+            container: 16,
+            gpu_uuid: 0,
+        };
         Builder {
-            entity: EntityColumns::with_capacity(n, cx.cluster.clone()),
-            event_id: strings(n, 32),
-            rule: strings(n, 24),
+            entity: EntityColumns::with_capacity(n, entity, cx.cluster.clone()),
+            event_id: strings(n, 36),
+            rule: strings(n, 40),
             priority: strings(n, 8),
-            source: strings(n, 8),
-            output: strings(n, 256),
-            tags: ListBuilder::with_capacity(strings(n * 4, 12), n),
+            source: Strings::with_capacity(n, 8),
+            // The two long texts are slices of the input: size them by it.
+            output: Strings::with_data_capacity(n, bytes / 2),
+            tags: ListBuilder::with_capacity(strings(n * 8, 10), n),
             evt_time: Int64Builder::with_capacity(n),
-            evt_type: strings(n, 8),
-            container_id: strings(n, 12),
-            image: strings(n, 24),
-            image_tag: strings(n, 8),
-            proc_name: strings(n, 12),
-            proc_exepath: strings(n, 24),
-            proc_cmdline: strings(n, 48),
-            proc_pname: strings(n, 12),
-            user_name: strings(n, 8),
+            evt_type: Strings::with_capacity(n, 8),
+            container_id: Strings::with_capacity(n, 12),
+            image: Strings::with_capacity(n, 32),
+            image_tag: Strings::with_capacity(n, 12),
+            proc_name: Strings::with_capacity(n, 16),
+            proc_exepath: Strings::with_capacity(n, 24),
+            proc_cmdline: Strings::with_capacity(n, 64),
+            proc_pname: Strings::with_capacity(n, 16),
+            user_name: Strings::with_capacity(n, 8),
             user_uid: Int64Builder::with_capacity(n),
-            fd_name: strings(n, 24),
-            uuid: strings(n, 0),
-            output_fields: strings(n, 512),
+            fd_name: Strings::with_capacity(n, 32),
+            uuid: Strings::with_capacity(n, 36),
+            output_fields: Strings::with_data_capacity(n, bytes * 5 / 8),
+            tags_buf: Vec::new(),
         }
     }
 
-    fn alert(&mut self, text: &str) -> Result<(), RecordError> {
-        let a: Alert<'_> = parse(text)?;
-        let fields: Fields<'_> = match a.output_fields {
-            Some(raw) if raw.get() != "null" => parse(raw.get())?,
-            _ => Fields::default(),
+    fn alert(&mut self, text: &str, depth: Depth) -> Result<(), RecordError> {
+        let mut tags = recycle(std::mem::take(&mut self.tags_buf));
+        let (mut a, fields) = match scan_alert(text, &mut tags) {
+            Some(read) => read,
+            None => {
+                if depth == Depth::Unchecked {
+                    check_depth(text)?;
+                }
+                let a: Alert<'_> = parse(text)?;
+                let fields: Fields<'_> = match a.output_fields {
+                    Some(raw) if raw.0 != "null" => parse(raw.0)?,
+                    _ => Fields::default(),
+                };
+                (a, fields)
+            }
         };
-        let rule =
-            non_empty(&a.rule).ok_or((Reason::MissingField, "missing field `rule`".to_string()))?;
+        let rule = non_empty(&a.rule)
+            .ok_or_else(|| (Reason::MissingField, "missing field `rule`".to_string()))?;
         let priority = a
             .priority
             .as_ref()
-            .ok_or((Reason::MissingField, "missing field `priority`".to_string()))?;
-        let priority = normalize_priority(priority.as_str()).ok_or((
-            Reason::InvalidField,
-            "`priority` is not a Falco priority".to_string(),
-        ))?;
+            .ok_or_else(|| (Reason::MissingField, "missing field `priority`".to_string()))?;
+        let priority = normalize_priority(priority.as_str()).ok_or_else(|| {
+            (
+                Reason::InvalidField,
+                "`priority` is not a Falco priority".to_string(),
+            )
+        })?;
         let ts = match (&a.time, fields.evt_time) {
-            (Some(t), _) => parse_rfc3339_nanos(t.as_str()).ok_or((
-                Reason::InvalidTimestamp,
-                "`time` is not an RFC 3339 timestamp".to_string(),
-            ))?,
+            (Some(t), _) => parse_rfc3339_nanos(t.as_str()).ok_or_else(|| {
+                (
+                    Reason::InvalidTimestamp,
+                    "`time` is not an RFC 3339 timestamp".to_string(),
+                )
+            })?,
             (None, Some(evt)) => evt,
             (None, None) => return Err((Reason::MissingField, "missing field `time`".to_string())),
         };
         let output = non_empty(&a.output);
-        let suffix = output.map(OutputSuffix::parse).unwrap_or_default();
+        // The suffix only fills in what the output fields lack.
+        let suffix = match output {
+            Some(output) if fields.lacks_identity() => OutputSuffix::parse(output),
+            _ => OutputSuffix::default(),
+        };
         let cri = fields
             .container_name
             .as_deref()
@@ -302,7 +469,7 @@ impl Builder {
         );
         match non_empty(&a.uuid) {
             Some(uuid) => self.event_id.append_value(uuid),
-            None => self.event_id.append_value(content_id(text.as_bytes())),
+            None => append_content_id(&mut self.event_id, text.as_bytes()),
         }
         self.rule.append_value(rule);
         self.priority.append_value(priority);
@@ -331,7 +498,8 @@ impl Builder {
         self.fd_name.append_option(fields.fd_name.as_deref());
         self.uuid.append_option(non_empty(&a.uuid));
         self.output_fields
-            .append_option(a.output_fields.map(RawValue::get).filter(|s| *s != "null"));
+            .append_option(a.output_fields.map(|raw| raw.0).filter(|s| *s != "null"));
+        self.tags_buf = recycle(a.tags.take().unwrap_or(tags));
         Ok(())
     }
 
@@ -341,23 +509,23 @@ impl Builder {
             Arc::new(self.event_id.finish()),
             Arc::new(self.rule.finish()),
             Arc::new(self.priority.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.output.finish()),
+            self.source.finish(),
+            self.output.finish(),
             Arc::new(self.tags.finish()),
             Arc::new(self.evt_time.finish()),
-            Arc::new(self.evt_type.finish()),
-            Arc::new(self.container_id.finish()),
-            Arc::new(self.image.finish()),
-            Arc::new(self.image_tag.finish()),
-            Arc::new(self.proc_name.finish()),
-            Arc::new(self.proc_exepath.finish()),
-            Arc::new(self.proc_cmdline.finish()),
-            Arc::new(self.proc_pname.finish()),
-            Arc::new(self.user_name.finish()),
+            self.evt_type.finish(),
+            self.container_id.finish(),
+            self.image.finish(),
+            self.image_tag.finish(),
+            self.proc_name.finish(),
+            self.proc_exepath.finish(),
+            self.proc_cmdline.finish(),
+            self.proc_pname.finish(),
+            self.user_name.finish(),
             Arc::new(self.user_uid.finish()),
-            Arc::new(self.fd_name.finish()),
-            Arc::new(self.uuid.finish()),
-            Arc::new(self.output_fields.finish()),
+            self.fd_name.finish(),
+            self.uuid.finish(),
+            self.output_fields.finish(),
         ];
         columns.extend(rest);
         RecordBatch::try_new(falco_events::schema(), columns).map_err(|source| {

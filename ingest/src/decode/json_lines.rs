@@ -2,6 +2,8 @@
 //! whitespace-separated documents (pretty-printed bodies). Bad records are quarantined one by
 //! one; the rest of the input is still decoded.
 
+pub(crate) mod scan;
+
 use serde_json::value::RawValue;
 
 use super::{DecodeContext, Location, Quarantined, Reason, json_error};
@@ -16,6 +18,10 @@ pub(crate) type RecordError = (Reason, String);
 /// whose first line is an incomplete value (`{` of a pretty-printed document) is read as a stream
 /// of documents, falling back to lines from the first document that does not parse. Records
 /// that are too large, not UTF-8, or for which `f` returns an error are quarantined.
+///
+/// Records are not checked for nesting here: `f` must call [`check_depth`] before it reads a
+/// record with serde_json. A reader that gives up beyond [`MAX_DEPTH`] levels (the
+/// [`scan::Scanner`] fast paths) need not, and saves a pass over the record.
 pub(crate) fn for_each_record<'a>(
     input: &'a [u8],
     cx: &DecodeContext,
@@ -150,17 +156,6 @@ fn one<'a>(
             return;
         }
     };
-    if let Some(depth) = too_deep(raw) {
-        let detail = format!("nesting deeper than {MAX_DEPTH} levels (at least {depth})");
-        quarantined.push(Quarantined::new(
-            stream,
-            location,
-            Reason::TooDeep,
-            detail,
-            raw,
-        ));
-        return;
-    }
     if let Err((reason, detail)) = f(text, location, quarantined) {
         quarantined.push(Quarantined::new(stream, location, reason, detail, raw));
     }
@@ -171,10 +166,21 @@ fn one<'a>(
 /// parse them.
 pub(crate) const MAX_DEPTH: usize = 64;
 
+/// Quarantines (`too_deep`) a record that nests deeper than [`MAX_DEPTH`].
+pub(crate) fn check_depth(text: &str) -> Result<(), RecordError> {
+    match too_deep(text.as_bytes()) {
+        None => Ok(()),
+        Some(depth) => Err((
+            Reason::TooDeep,
+            format!("nesting deeper than {MAX_DEPTH} levels (at least {depth})"),
+        )),
+    }
+}
+
 /// `Some(depth reached)` when `raw` nests deeper than [`MAX_DEPTH`]. Only records with many
-/// brackets are scanned, so ordinary events cost one SIMD count.
+/// brackets are scanned, so ordinary events cost one vectorised count.
 fn too_deep(raw: &[u8]) -> Option<usize> {
-    if memchr::memchr2_iter(b'[', b'{', raw).count() <= MAX_DEPTH {
+    if brackets(raw) <= MAX_DEPTH {
         return None;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
@@ -201,6 +207,22 @@ fn too_deep(raw: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// How many `[` and `{` there are, at least up to `MAX_DEPTH + 1`.
+fn brackets(raw: &[u8]) -> usize {
+    let mut n = 0;
+    // Byte-wide counters over chunks of at most 255 bytes: the loop vectorises.
+    for chunk in raw.chunks(255) {
+        let in_chunk = chunk
+            .iter()
+            .fold(0u8, |n, &c| n + u8::from(c == b'[' || c == b'{'));
+        n += usize::from(in_chunk);
+        if n > MAX_DEPTH {
+            break;
+        }
+    }
+    n
 }
 
 /// Parses `text` as `T`, mapping serde errors to quarantine reasons.
@@ -248,6 +270,7 @@ mod tests {
         let mut out = Vec::new();
         let mut q = Vec::new();
         for_each_record(input, &cx, Stream::FalcoEvents, &mut q, |text, loc, _| {
+            check_depth(text)?;
             let _: serde::de::IgnoredAny = parse(text)?;
             out.push((text.to_string(), loc));
             Ok(())
@@ -303,6 +326,16 @@ mod tests {
         let s = format!(r#"{{"a":"{}"}}"#, "[".repeat(500));
         let (ok, q) = records(s.as_bytes());
         assert_eq!((ok.len(), q.len()), (1, 0));
+    }
+
+    #[test]
+    fn brackets_are_counted_past_byte_counters() {
+        let s = format!("{}{}", "[{".repeat(300), "x".repeat(1000));
+        assert!(brackets(s.as_bytes()) > MAX_DEPTH);
+        assert_eq!(brackets(b"{\"a\":[1,{}]}"), 3);
+        let shallow = format!("[{}]", "[],".repeat(100));
+        assert!(brackets(shallow.as_bytes()) > MAX_DEPTH);
+        assert_eq!(too_deep(shallow.as_bytes()), None);
     }
 
     #[test]

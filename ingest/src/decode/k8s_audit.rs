@@ -6,6 +6,7 @@
 //! (`protoPayload`). `requestObject`/`responseObject` are kept verbatim as JSON text.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -15,16 +16,20 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::columns::{Entity, EntityColumns, JStr, append_list, non_empty, strings};
-use super::json_lines::{RecordError, for_each_record, parse};
+use super::columns::{
+    Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, append_list, estimate_lines,
+    non_empty, strings,
+};
+use super::json_lines::scan::Scanner;
+use super::json_lines::{RecordError, check_depth, for_each_record, parse};
 use super::{DecodeContext, Decoded, Location, Quarantined, Reason};
 use crate::schema::{Stream, k8s_audit};
 use crate::time::parse_rfc3339_nanos;
 
 /// Decodes Kubernetes audit events in any of the accepted envelopes.
 pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
-    let estimate = memchr::memchr_iter(b'\n', input).count() + 1;
-    let mut b = Builder::with_capacity(estimate, cx);
+    let estimate = estimate_lines(input);
+    let mut b = Builder::with_capacity(estimate, input.len(), cx);
     let mut quarantined = Vec::new();
     for_each_record(
         input,
@@ -40,7 +45,7 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
 }
 
 /// Every shape we accept, read in one pass; which fields are set decides the envelope.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a> {
     #[serde(borrow, default)]
@@ -58,7 +63,7 @@ struct Envelope<'a> {
     #[serde(borrow, default)]
     verb: Option<JStr<'a>>,
     #[serde(borrow, default)]
-    user: Option<&'a RawValue>,
+    user: Option<RawJson<'a>>,
     #[serde(borrow, default)]
     impersonated_user: Option<UserInfo<'a>>,
     #[serde(borrow, default, rename = "sourceIPs")]
@@ -70,9 +75,9 @@ struct Envelope<'a> {
     #[serde(borrow, default)]
     response_status: Option<Status<'a>>,
     #[serde(borrow, default)]
-    request_object: Option<&'a RawValue>,
+    request_object: Option<RawJson<'a>>,
     #[serde(borrow, default)]
-    response_object: Option<&'a RawValue>,
+    response_object: Option<RawJson<'a>>,
     #[serde(borrow, default)]
     request_received_timestamp: Option<JStr<'a>>,
     #[serde(borrow, default)]
@@ -81,7 +86,7 @@ struct Envelope<'a> {
     #[serde(borrow, default)]
     timestamp: Option<JStr<'a>>,
     #[serde(borrow, default)]
-    annotations: Option<&'a RawValue>,
+    annotations: Option<RawJson<'a>>,
     /// `EventList`.
     #[serde(borrow, default)]
     items: Option<Vec<&'a RawValue>>,
@@ -92,14 +97,14 @@ struct Envelope<'a> {
     #[serde(borrow, default)]
     proto_payload: Option<GkePayload<'a>>,
     #[serde(borrow, default)]
-    labels: Option<&'a RawValue>,
+    labels: Option<RawJson<'a>>,
     #[serde(borrow, default)]
     operation: Option<GkeOperation<'a>>,
     #[serde(borrow, default)]
     insert_id: Option<JStr<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct UserInfo<'a> {
     #[serde(borrow, default)]
     username: Option<JStr<'a>>,
@@ -107,7 +112,7 @@ struct UserInfo<'a> {
     groups: Option<Vec<JStr<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ObjectRef<'a> {
     #[serde(borrow, default)]
@@ -124,7 +129,7 @@ struct ObjectRef<'a> {
     subresource: Option<JStr<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Status<'a> {
     #[serde(default)]
     code: Option<i32>,
@@ -152,9 +157,9 @@ struct GkePayload<'a> {
     #[serde(default)]
     status: Option<GkeStatus>,
     #[serde(borrow, default)]
-    request: Option<&'a RawValue>,
+    request: Option<RawJson<'a>>,
     #[serde(borrow, default)]
-    response: Option<&'a RawValue>,
+    response: Option<RawJson<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +218,285 @@ struct MetaFields<'a> {
     uid: Option<JStr<'a>>,
 }
 
+/// What [`scan_event`] reads besides the envelope: the parts that `Builder::event` would
+/// otherwise parse out of the raw `user`, `annotations`, `requestObject`, `responseObject`.
+#[derive(Default)]
+struct Parts<'a> {
+    user: Option<UserInfo<'a>>,
+    authz: Authz<'a>,
+    request_meta: Meta<'a>,
+    response_meta: Meta<'a>,
+}
+
+/// An object's `metadata`/`target`, as serde would read them into [`ObjectMeta`] — or, where
+/// the scanner cannot be sure (a key twice, an unexpected type: serde's error makes the event
+/// fall back to the default), `Unsure`, and `event` asks serde.
+#[derive(Default)]
+enum Meta<'a> {
+    Read(ObjectMeta<'a>),
+    #[default]
+    Unsure,
+}
+
+/// Reads a plain `Event` in one pass with the [`Scanner`]; `None` for anything else (an
+/// `EventList`, a wrapper, any doubt: see the scanner's contract), which serde_json reads.
+/// Mirrors `Envelope`'s derived `Deserialize`: unknown keys skipped, a known key twice gives up.
+fn scan_event(text: &str) -> Option<(Envelope<'_>, Parts<'_>)> {
+    let mut s = Scanner::new(text);
+    let mut e = Envelope::default();
+    let mut parts = Parts::default();
+    let mut seen = 0u32;
+    s.object(|s, key| {
+        let bit = match key {
+            b"kind" => 0,
+            b"apiVersion" => 1,
+            b"level" => 2,
+            b"auditID" => 3,
+            b"stage" => 4,
+            b"requestURI" => 5,
+            b"verb" => 6,
+            b"userAgent" => 7,
+            b"requestReceivedTimestamp" => 8,
+            b"stageTimestamp" => 9,
+            b"timestamp" => 10,
+            b"user" => 11,
+            b"impersonatedUser" => 12,
+            b"sourceIPs" => 13,
+            b"objectRef" => 14,
+            b"responseStatus" => 15,
+            b"requestObject" => 16,
+            b"responseObject" => 17,
+            b"annotations" => 18,
+            // Other envelopes, or fields only they use.
+            b"items" | b"properties" | b"protoPayload" | b"labels" | b"operation" | b"insertId" => {
+                return None;
+            }
+            _ => return s.skip(),
+        };
+        if seen & 1 << bit != 0 {
+            return None;
+        }
+        seen |= 1 << bit;
+        let slot = match bit {
+            0 => &mut e.kind,
+            1 => &mut e.api_version,
+            2 => &mut e.level,
+            3 => &mut e.audit_id,
+            4 => &mut e.stage,
+            5 => &mut e.request_uri,
+            6 => &mut e.verb,
+            7 => &mut e.user_agent,
+            8 => &mut e.request_received_timestamp,
+            9 => &mut e.stage_timestamp,
+            10 => &mut e.timestamp,
+            _ => {
+                if s.is_null()? {
+                    return Some(());
+                }
+                let start = s.value_start();
+                match bit {
+                    11 => {
+                        parts.user = Some(scan_user(s)?);
+                        e.user = Some(RawJson(&s.text()[start..s.pos()]));
+                    }
+                    12 => e.impersonated_user = Some(scan_user(s)?),
+                    13 => e.source_ips = Some(scan_strings(s)?),
+                    14 => e.object_ref = Some(scan_object_ref(s)?),
+                    15 => e.response_status = Some(scan_status(s)?),
+                    16 => {
+                        parts.request_meta = scan_meta(s)?;
+                        e.request_object = Some(RawJson(&s.text()[start..s.pos()]));
+                    }
+                    17 => {
+                        parts.response_meta = scan_meta(s)?;
+                        e.response_object = Some(RawJson(&s.text()[start..s.pos()]));
+                    }
+                    _ => {
+                        parts.authz = scan_authz(s)?;
+                        e.annotations = Some(RawJson(&s.text()[start..s.pos()]));
+                    }
+                }
+                return Some(());
+            }
+        };
+        *slot = s.opt_string()?.map(JStr);
+        Some(())
+    })?;
+    s.finish()?;
+    Some((e, parts))
+}
+
+/// A list of strings (`sourceIPs`, `groups`).
+fn scan_strings<'a>(s: &mut Scanner<'a>) -> Option<Vec<JStr<'a>>> {
+    let mut items = Vec::new();
+    s.array(|s| {
+        items.push(JStr(s.string()?));
+        Some(())
+    })?;
+    Some(items)
+}
+
+/// `UserInfo`'s derived `Deserialize` (an object only).
+fn scan_user<'a>(s: &mut Scanner<'a>) -> Option<UserInfo<'a>> {
+    let mut u = UserInfo::default();
+    let mut seen = 0u8;
+    s.object(|s, key| {
+        let bit = match key {
+            b"username" => 1,
+            b"groups" => 2,
+            _ => return s.skip(),
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        if bit == 1 {
+            u.username = s.opt_string()?.map(JStr);
+        } else if !s.is_null()? {
+            u.groups = Some(scan_strings(s)?);
+        }
+        Some(())
+    })?;
+    Some(u)
+}
+
+/// `ObjectRef`'s derived `Deserialize` (an object only).
+fn scan_object_ref<'a>(s: &mut Scanner<'a>) -> Option<ObjectRef<'a>> {
+    let mut o = ObjectRef::default();
+    let mut seen = 0u8;
+    s.object(|s, key| {
+        let (bit, slot) = match key {
+            b"resource" => (1, &mut o.resource),
+            b"namespace" => (2, &mut o.namespace),
+            b"name" => (4, &mut o.name),
+            b"uid" => (8, &mut o.uid),
+            b"apiGroup" => (16, &mut o.api_group),
+            b"subresource" => (32, &mut o.subresource),
+            _ => return s.skip(),
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        *slot = s.opt_string()?.map(JStr);
+        Some(())
+    })?;
+    Some(o)
+}
+
+/// `Status`' derived `Deserialize` (an object only; `code` an integer that fits an `i32`).
+fn scan_status<'a>(s: &mut Scanner<'a>) -> Option<Status<'a>> {
+    let mut status = Status::default();
+    let mut seen = 0u8;
+    s.object(|s, key| {
+        let bit = match key {
+            b"code" => 1,
+            b"reason" => 2,
+            _ => return s.skip(),
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        if bit == 2 {
+            status.reason = s.opt_string()?.map(JStr);
+        } else if !s.is_null()? {
+            let n = s.number()?;
+            // serde_json reads fractions, exponents and `-0` as floats: not an `i32`.
+            if n.contains(['.', 'e', 'E']) || n.starts_with("-0") {
+                return None;
+            }
+            status.code = Some(n.parse::<i32>().ok()?);
+        }
+        Some(())
+    })?;
+    Some(status)
+}
+
+/// `Authz`'s derived `Deserialize` (an object only).
+fn scan_authz<'a>(s: &mut Scanner<'a>) -> Option<Authz<'a>> {
+    let mut authz = Authz::default();
+    let mut seen = 0u8;
+    s.object(|s, key| {
+        let (bit, slot) = match key {
+            b"authorization.k8s.io/decision" => (1, &mut authz.decision),
+            b"authorization.k8s.io/reason" => (2, &mut authz.reason),
+            _ => return s.skip(),
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        *slot = s.opt_string()?.map(JStr);
+        Some(())
+    })?;
+    Some(authz)
+}
+
+/// Passes over a request or response object, reading its `metadata`/`target` names as
+/// `ObjectMeta`'s derived `Deserialize` would. `None` only for text that is not JSON.
+fn scan_meta<'a>(s: &mut Scanner<'a>) -> Option<Meta<'a>> {
+    if s.peek()? != b'{' {
+        s.skip()?;
+        return Some(Meta::Unsure);
+    }
+    let mut meta = ObjectMeta::default();
+    let (mut seen, mut sure) = (0u8, true);
+    s.object(|s, key| {
+        let (bit, slot) = match key {
+            b"metadata" => (1, &mut meta.metadata),
+            b"target" => (2, &mut meta.target),
+            _ => return s.skip(),
+        };
+        sure &= seen & bit == 0;
+        seen |= bit;
+        match s.peek()? {
+            b'{' => match scan_meta_fields(s)? {
+                Some(fields) => *slot = Some(fields),
+                None => sure = false,
+            },
+            b'n' => {
+                s.skip()?;
+                *slot = None;
+            }
+            _ => {
+                s.skip()?;
+                sure = false;
+            }
+        }
+        Some(())
+    })?;
+    Some(if sure { Meta::Read(meta) } else { Meta::Unsure })
+}
+
+/// `MetaFields` of an object: `Some(None)` where the scanner is not sure what serde reads.
+fn scan_meta_fields<'a>(s: &mut Scanner<'a>) -> Option<Option<MetaFields<'a>>> {
+    let mut fields = MetaFields::default();
+    let (mut seen, mut sure) = (0u8, true);
+    s.object(|s, key| {
+        let (bit, slot) = match key {
+            b"name" => (1, &mut fields.name),
+            b"uid" => (2, &mut fields.uid),
+            _ => return s.skip(),
+        };
+        sure &= seen & bit == 0;
+        seen |= bit;
+        match s.peek()? {
+            b'"' => *slot = Some(JStr(s.string()?)),
+            b'n' => {
+                s.skip()?;
+                *slot = None;
+            }
+            _ => {
+                s.skip()?;
+                sure = false;
+            }
+        }
+        Some(())
+    })?;
+    Some(sure.then_some(fields))
+}
+
 /// Which wrapper an event came in.
 #[derive(Clone, Copy)]
 enum Envelope_ {
@@ -238,64 +522,78 @@ struct Builder {
     event_id: StringBuilder,
     request_received: TimestampNanosecondBuilder,
     audit_id: StringBuilder,
-    stage: StringBuilder,
-    level: StringBuilder,
-    verb: StringBuilder,
-    user: StringBuilder,
+    stage: Strings,
+    level: Strings,
+    verb: Strings,
+    user: Strings,
     groups: ListBuilder<StringBuilder>,
-    impersonated_user: StringBuilder,
+    impersonated_user: Strings,
     source_ips: ListBuilder<StringBuilder>,
-    user_agent: StringBuilder,
-    resource: StringBuilder,
-    subresource: StringBuilder,
-    name: StringBuilder,
-    api_group: StringBuilder,
-    request_uri: StringBuilder,
+    user_agent: Strings,
+    resource: Strings,
+    subresource: Strings,
+    name: Strings,
+    api_group: Strings,
+    request_uri: Strings,
     response_code: Int32Builder,
-    response_reason: StringBuilder,
-    decision: StringBuilder,
-    authz_reason: StringBuilder,
-    annotations: StringBuilder,
-    user_info: StringBuilder,
-    request_object: StringBuilder,
-    response_object: StringBuilder,
+    response_reason: Strings,
+    decision: Strings,
+    authz_reason: Strings,
+    annotations: Strings,
+    user_info: Strings,
+    request_object: Strings,
+    response_object: Strings,
     envelope: StringBuilder,
 }
 
 impl Builder {
-    fn with_capacity(n: usize, cx: &DecodeContext) -> Self {
+    /// Builders for about `n` events in `bytes` bytes of input.
+    fn with_capacity(n: usize, bytes: usize, cx: &DecodeContext) -> Self {
+        let entity = EntityBytes {
+            node: 8,
+            namespace: 16,
+            pod: 8,
+            pod_uid: 8,
+            container: 0,
+            gpu_uuid: 0,
+        };
         Builder {
-            entity: EntityColumns::with_capacity(n, cx.cluster.clone()),
+            entity: EntityColumns::with_capacity(n, entity, cx.cluster.clone()),
             event_id: strings(n, 56),
             request_received: TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC"),
             audit_id: strings(n, 36),
-            stage: strings(n, 16),
-            level: strings(n, 8),
-            verb: strings(n, 6),
-            user: strings(n, 32),
+            stage: Strings::with_capacity(n, 16),
+            level: Strings::with_capacity(n, 8),
+            verb: Strings::with_capacity(n, 6),
+            user: Strings::with_capacity(n, 32),
             groups: ListBuilder::with_capacity(strings(n * 2, 20), n),
-            impersonated_user: strings(n, 0),
+            impersonated_user: Strings::with_capacity(n, 0),
             source_ips: ListBuilder::with_capacity(strings(n, 14), n),
-            user_agent: strings(n, 48),
-            resource: strings(n, 8),
-            subresource: strings(n, 0),
-            name: strings(n, 24),
-            api_group: strings(n, 8),
-            request_uri: strings(n, 64),
+            user_agent: Strings::with_capacity(n, 48),
+            resource: Strings::with_capacity(n, 8),
+            subresource: Strings::with_capacity(n, 0),
+            name: Strings::with_capacity(n, 24),
+            api_group: Strings::with_capacity(n, 8),
+            request_uri: Strings::with_capacity(n, 64),
             response_code: Int32Builder::with_capacity(n),
-            response_reason: strings(n, 0),
-            decision: strings(n, 5),
-            authz_reason: strings(n, 32),
-            annotations: strings(n, 96),
-            user_info: strings(n, 96),
-            request_object: strings(n, 0),
-            response_object: strings(n, 0),
+            response_reason: Strings::with_capacity(n, 0),
+            decision: Strings::with_capacity(n, 5),
+            authz_reason: Strings::with_capacity(n, 32),
+            annotations: Strings::with_capacity(n, 160),
+            user_info: Strings::with_capacity(n, 160),
+            // Objects are slices of the input: size them by it.
+            request_object: Strings::with_data_capacity(n, bytes / 3),
+            response_object: Strings::with_data_capacity(n, bytes / 2),
             envelope: strings(n, 5),
         }
     }
 
     /// One top-level record: an Event, an EventList, or a wrapped event.
     fn record(&mut self, text: &str, q: &mut Vec<Quarantined>) -> Result<(), RecordError> {
+        if let Some((event, read)) = scan_event(text) {
+            return self.event(&event, Envelope_::Event, Some(read));
+        }
+        check_depth(text)?;
         let env: Envelope<'_> = parse(text)?;
         if let Some(items) = &env.items {
             if env.kind.as_ref().is_some_and(|k| k.as_str() != "EventList") {
@@ -304,8 +602,11 @@ impl Builder {
             check_api_version(&env)?;
             for (i, item) in items.iter().enumerate() {
                 let raw = item.get();
-                let result =
-                    parse::<Envelope<'_>>(raw).and_then(|e| self.event(&e, Envelope_::EventList));
+                let result = match scan_event(raw) {
+                    Some((e, read)) => self.event(&e, Envelope_::EventList, Some(read)),
+                    None => parse::<Envelope<'_>>(raw)
+                        .and_then(|e| self.event(&e, Envelope_::EventList, None)),
+                };
                 if let Err((reason, detail)) = result {
                     q.push(Quarantined::new(
                         Stream::K8sAudit,
@@ -324,15 +625,22 @@ impl Builder {
                 _ => Cow::Borrowed(log.get()),
             };
             let event: Envelope<'_> = parse(&inner)?;
-            return self.event(&event, Envelope_::Aks);
+            return self.event(&event, Envelope_::Aks, None);
         }
         if let Some(payload) = &env.proto_payload {
             return self.gke(&env, payload);
         }
-        self.event(&env, Envelope_::Event)
+        self.event(&env, Envelope_::Event, None)
     }
 
-    fn event(&mut self, e: &Envelope<'_>, envelope: Envelope_) -> Result<(), RecordError> {
+    /// One event. `read`: what [`scan_event`] read out of it; `None` when serde_json read the
+    /// envelope, and the parts below are parsed here from their raw text.
+    fn event<'a>(
+        &mut self,
+        e: &Envelope<'a>,
+        envelope: Envelope_,
+        read: Option<Parts<'a>>,
+    ) -> Result<(), RecordError> {
         check_api_version(e)?;
         if e.kind.as_ref().is_some_and(|k| k.as_str() != "Event") {
             return Err((
@@ -341,29 +649,41 @@ impl Builder {
             ));
         }
         let audit_id = non_empty(&e.audit_id)
-            .ok_or((Reason::MissingField, "missing field `auditID`".to_string()))?;
+            .ok_or_else(|| (Reason::MissingField, "missing field `auditID`".to_string()))?;
         let ts_text = e
             .stage_timestamp
             .as_ref()
             .or(e.request_received_timestamp.as_ref())
             .or(e.timestamp.as_ref());
         let ts = ts_text
-            .ok_or((
-                Reason::MissingField,
-                "missing field `stageTimestamp`".to_string(),
-            ))
+            .ok_or_else(|| {
+                (
+                    Reason::MissingField,
+                    "missing field `stageTimestamp`".to_string(),
+                )
+            })
             .and_then(|t| timestamp(t.as_str(), "stageTimestamp"))?;
         let received = match &e.request_received_timestamp {
             Some(t) => Some(timestamp(t.as_str(), "requestReceivedTimestamp")?),
             None => None,
         };
-        let user: Option<UserInfo<'_>> = match e.user {
-            Some(raw) if raw.get() != "null" => Some(parse(raw.get())?),
-            _ => None,
-        };
-        let authz: Authz<'_> = match e.annotations {
-            Some(raw) if raw.get() != "null" => parse(raw.get())?,
-            _ => Authz::default(),
+        let (user, authz, read_metas) = match read {
+            Some(read) => (
+                read.user,
+                read.authz,
+                Some((read.request_meta, read.response_meta)),
+            ),
+            None => {
+                let user: Option<UserInfo<'_>> = match e.user {
+                    Some(raw) if raw.0 != "null" => Some(parse(raw.0)?),
+                    _ => None,
+                };
+                let authz: Authz<'_> = match e.annotations {
+                    Some(raw) if raw.0 != "null" => parse(raw.0)?,
+                    _ => Authz::default(),
+                };
+                (user, authz, None)
+            }
         };
         let obj = e.object_ref.as_ref();
         let resource = obj.and_then(|o| non_empty(&o.resource));
@@ -374,12 +694,19 @@ impl Builder {
         // For pods, the row's pod is the object itself; a create by generateName only names it
         // in the response, and a binding names the node it was scheduled to.
         let is_pod = resource == Some("pods");
+        let (request_meta, response_meta) = read_metas.unwrap_or_default();
         let meta: ObjectMeta<'_> = match (is_pod, name, e.response_object) {
-            (true, None, Some(raw)) => parse(raw.get()).unwrap_or_default(),
+            (true, None, Some(raw)) => match response_meta {
+                Meta::Read(meta) => meta,
+                Meta::Unsure => parse(raw.0).unwrap_or_default(),
+            },
             _ => ObjectMeta::default(),
         };
         let binding: ObjectMeta<'_> = match (is_pod, subresource, e.request_object) {
-            (true, Some("binding"), Some(raw)) => parse(raw.get()).unwrap_or_default(),
+            (true, Some("binding"), Some(raw)) => match request_meta {
+                Meta::Read(meta) => meta,
+                Meta::Unsure => parse(raw.0).unwrap_or_default(),
+            },
             _ => ObjectMeta::default(),
         };
         let response_meta = meta.metadata.as_ref();
@@ -414,7 +741,15 @@ impl Builder {
         );
         let stage = non_empty(&e.stage);
         match stage {
-            Some(stage) => self.event_id.append_value(format!("{audit_id}/{stage}")),
+            Some(stage) => {
+                // `{audit_id}/{stage}`, written straight into the column.
+                for part in [audit_id, "/", stage] {
+                    self.event_id
+                        .write_str(part)
+                        .expect("writing to a builder cannot fail");
+                }
+                self.event_id.append_value("");
+            }
             None => self.event_id.append_value(audit_id),
         }
         self.request_received.append_option(received);
@@ -472,28 +807,34 @@ impl Builder {
         let ts = env
             .timestamp
             .as_ref()
-            .ok_or((
-                Reason::MissingField,
-                "missing field `timestamp`".to_string(),
-            ))
+            .ok_or_else(|| {
+                (
+                    Reason::MissingField,
+                    "missing field `timestamp`".to_string(),
+                )
+            })
             .and_then(|t| timestamp(t.as_str(), "timestamp"))?;
         let audit_id = env
             .operation
             .as_ref()
             .and_then(|o| non_empty(&o.id))
             .or(non_empty(&env.insert_id))
-            .ok_or((
+            .ok_or_else(|| {
+                (
+                    Reason::MissingField,
+                    "missing field `operation.id`".to_string(),
+                )
+            })?;
+        let method = non_empty(&p.method_name).ok_or_else(|| {
+            (
                 Reason::MissingField,
-                "missing field `operation.id`".to_string(),
-            ))?;
-        let method = non_empty(&p.method_name).ok_or((
-            Reason::MissingField,
-            "missing field `protoPayload.methodName`".to_string(),
-        ))?;
+                "missing field `protoPayload.methodName`".to_string(),
+            )
+        })?;
         let verb = method.rsplit('.').next().filter(|v| !v.is_empty());
         let path = GkeResource::parse(non_empty(&p.resource_name).unwrap_or(""));
         let authz: Authz<'_> = match env.labels {
-            Some(raw) if raw.get() != "null" => parse(raw.get())?,
+            Some(raw) if raw.0 != "null" => parse(raw.0)?,
             _ => Authz::default(),
         };
         let stage = match env.operation.as_ref().and_then(|o| o.last) {
@@ -536,8 +877,11 @@ impl Builder {
         self.subresource.append_option(path.subresource);
         self.name.append_option(path.name);
         self.api_group.append_option(path.group);
-        self.request_uri
-            .append_option(non_empty(&p.resource_name).map(|r| format!("/{r}")));
+        self.request_uri.append_option(
+            non_empty(&p.resource_name)
+                .map(|r| format!("/{r}"))
+                .as_deref(),
+        );
         self.response_code
             .append_option(p.status.as_ref().and_then(|s| s.code).map(grpc_to_http));
         self.response_reason.append_null();
@@ -557,27 +901,27 @@ impl Builder {
             Arc::new(self.event_id.finish()),
             Arc::new(self.request_received.finish()),
             Arc::new(self.audit_id.finish()),
-            Arc::new(self.stage.finish()),
-            Arc::new(self.level.finish()),
-            Arc::new(self.verb.finish()),
-            Arc::new(self.user.finish()),
+            self.stage.finish(),
+            self.level.finish(),
+            self.verb.finish(),
+            self.user.finish(),
             Arc::new(self.groups.finish()),
-            Arc::new(self.impersonated_user.finish()),
+            self.impersonated_user.finish(),
             Arc::new(self.source_ips.finish()),
-            Arc::new(self.user_agent.finish()),
-            Arc::new(self.resource.finish()),
-            Arc::new(self.subresource.finish()),
-            Arc::new(self.name.finish()),
-            Arc::new(self.api_group.finish()),
-            Arc::new(self.request_uri.finish()),
+            self.user_agent.finish(),
+            self.resource.finish(),
+            self.subresource.finish(),
+            self.name.finish(),
+            self.api_group.finish(),
+            self.request_uri.finish(),
             Arc::new(self.response_code.finish()),
-            Arc::new(self.response_reason.finish()),
-            Arc::new(self.decision.finish()),
-            Arc::new(self.authz_reason.finish()),
-            Arc::new(self.annotations.finish()),
-            Arc::new(self.user_info.finish()),
-            Arc::new(self.request_object.finish()),
-            Arc::new(self.response_object.finish()),
+            self.response_reason.finish(),
+            self.decision.finish(),
+            self.authz_reason.finish(),
+            self.annotations.finish(),
+            self.user_info.finish(),
+            self.request_object.finish(),
+            self.response_object.finish(),
             Arc::new(self.envelope.finish()),
         ];
         columns.extend(rest);
@@ -609,8 +953,8 @@ fn timestamp(s: &str, field: &str) -> Result<i64, RecordError> {
     })
 }
 
-fn raw_text(v: Option<&RawValue>) -> Option<&str> {
-    v.map(RawValue::get).filter(|s| *s != "null")
+fn raw_text(v: Option<RawJson<'_>>) -> Option<&str> {
+    v.map(|raw| raw.0).filter(|s| *s != "null")
 }
 
 /// The first value of `key` in a request URI's query, percent-decoded.
