@@ -33,6 +33,8 @@ pub struct Config {
     pub inventory: InventoryConfig,
     /// Detector thresholds.
     pub detectors: gpusiem_detect::detectors::DetectorsConfig,
+    /// Sigma rule directories, lateness, suppression, reload.
+    pub rules: gpusiem_detect::rules::RulesConfig,
     /// Parquet storage: flushing, retention, compaction.
     pub store: StoreConfig,
     /// SQL sandbox limits.
@@ -240,6 +242,24 @@ impl Config {
         for (i, s) in self.sources.iter().enumerate() {
             validate_source(&format!("sources[{i}]"), s, &mut p);
         }
+        for (i, d) in self.rules.dirs.iter().enumerate() {
+            if !d.is_dir() {
+                p.push(format!("rules.dirs[{i}]"), "not a directory");
+            }
+        }
+        if p.0.iter().all(|e| !e.path.starts_with("rules.")) {
+            if let Err(errors) = gpusiem_detect::rules::RuleSet::load(&self.rules) {
+                for e in errors {
+                    p.push("rules", e.to_string());
+                }
+            }
+        }
+        for e in self.inventory.validate().into_iter().chain(self.detectors.validate()) {
+            match e {
+                gpusiem_detect::Error::Config { path, message } => p.push(path, message),
+                other => p.push("detectors", other.to_string()),
+            }
+        }
         self.auth.validate("auth", &mut p);
         self.store.validate("store", &mut p);
         self.query.validate("query", &mut p);
@@ -399,6 +419,22 @@ stream = "falco"
             "sources[0].timeout_secs",
             "sources[1].stream"
         ]);
+    }
+
+    #[test]
+    fn detector_and_inventory_settings_are_checked_with_their_paths() {
+        let c = Config::parse(
+            r#"
+[inventory]
+serving_images = ["nvcr.io/nvidia/tritonserver", ""]
+
+[detectors.gpu_memory_spike]
+baseline_alpha = 0.0
+"#,
+        )
+        .expect("parse");
+        let paths: Vec<String> = c.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, ["inventory.serving_images[1]", "detectors.gpu_memory_spike.baseline_alpha"]);
     }
 
     #[test]

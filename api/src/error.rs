@@ -39,6 +39,9 @@ pub enum Error {
         #[source]
         source: gpusiem_ingest::Error,
     },
+    /// Rule files do not parse or link; every problem as `file:line: message`.
+    #[error("invalid rules:\n{}", .0.join("\n"))]
+    Rules(Vec<String>),
     /// Building the detection engine failed.
     #[error("building detection: {0}")]
     Detect(#[source] gpusiem_detect::Error),
@@ -93,7 +96,7 @@ impl Error {
     /// The error's class.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config(_) => ErrorKind::Invalid,
+            Error::Config(_) | Error::Rules(_) => ErrorKind::Invalid,
             Error::Query { kind: "refused", .. } => ErrorKind::Invalid,
             Error::Query { kind: "timeout" | "resources", .. } => ErrorKind::Limit,
             Error::File { .. } | Error::Delivery { .. } | Error::PipelineStopped => ErrorKind::Transient,

@@ -17,8 +17,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpusiem_detect::{Engine, Finding};
+use gpusiem_detect::rules::{RuleEngine, RuleSet, RulesConfig};
+use gpusiem_detect::{Engine, EngineConfig, Finding};
 use gpusiem_ingest::quarantine::QuarantineWriter;
+use gpusiem_ingest::sources::kubernetes::PodEvent;
 use gpusiem_ingest::{Batch, Delivery as AckDelivery};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,13 +29,32 @@ use crate::delivery::Delivery;
 use crate::metrics::{FindingLabels, Metrics};
 use crate::store::Store;
 
+/// The detection engine for `config`: inventory matchers, detectors and rules (the built-in
+/// pack plus the configured rule directories).
+pub fn engine(config: &crate::config::Config) -> crate::Result<Engine> {
+    let mut engine = Engine::new(EngineConfig { inventory: config.inventory.clone(), detectors: config.detectors.clone() })
+        .map_err(crate::Error::Detect)?;
+    let set = RuleSet::load(&config.rules).map_err(|e| crate::Error::Rules(e.iter().map(ToString::to_string).collect()))?;
+    engine.set_rules(RuleEngine::new(set, &config.rules));
+    Ok(engine)
+}
+
+/// Watches rule directories and reloads the rules when a file changes.
+struct RuleReload {
+    config: RulesConfig,
+    newest: Option<std::time::SystemTime>,
+    last_check: std::time::Instant,
+}
+
 /// The pipeline's state: the engine and where accepted data goes.
 pub struct Pipeline {
     engine: Engine,
+    reload: Option<RuleReload>,
     quarantine: Option<QuarantineWriter>,
     store: Option<Arc<Store>>,
     delivery: Option<Arc<Delivery>>,
     metrics: Arc<Metrics>,
+    pods: Option<mpsc::Receiver<PodEvent>>,
 }
 
 impl Pipeline {
@@ -45,7 +66,51 @@ impl Pipeline {
         delivery: Option<Arc<Delivery>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Pipeline { engine, quarantine, store, delivery, metrics }
+        Pipeline { engine, reload: None, quarantine, store, delivery, metrics, pods: None }
+    }
+
+    /// Applies the `kubernetes` source's pod changes to the inventory, on the pipeline's own
+    /// task (the inventory is the engine's, and the engine is never shared).
+    pub fn with_pod_events(mut self, pods: mpsc::Receiver<PodEvent>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// Reloads the rules of `config.dirs` when their files change (checked every
+    /// `reload_interval_secs` of wall time while running). A rule set that fails to load is
+    /// logged and the running one kept.
+    pub fn with_rule_reload(mut self, config: RulesConfig) -> Self {
+        if config.reload_interval_secs > 0 && !config.dirs.is_empty() {
+            let newest = gpusiem_detect::rules::newest_mtime(&config.dirs);
+            self.reload = Some(RuleReload { config, newest, last_check: std::time::Instant::now() });
+        }
+        self
+    }
+
+    fn maybe_reload_rules(&mut self) {
+        let Some(r) = &mut self.reload else { return };
+        if r.last_check.elapsed().as_secs() < r.config.reload_interval_secs {
+            return;
+        }
+        r.last_check = std::time::Instant::now();
+        let newest = gpusiem_detect::rules::newest_mtime(&r.config.dirs);
+        if newest == r.newest {
+            return;
+        }
+        match RuleSet::load(&r.config) {
+            Ok(set) => {
+                tracing::info!(rules = set.rules().len(), "rules reloaded");
+                r.newest = newest;
+                self.engine.reload_rules(set);
+            }
+            Err(errors) => {
+                // Keep the rules that work; report every problem; retry on the next change.
+                r.newest = newest;
+                for e in errors {
+                    tracing::error!(error = %e, "rule reload failed; keeping the running rules");
+                }
+            }
+        }
     }
 
     /// The engine (inventory updates from the Kubernetes source, tests).
@@ -124,6 +189,7 @@ impl Pipeline {
         let mut ticker = tokio::time::interval(tick_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lateness = i64::try_from(allowed_lateness.as_nanos()).unwrap_or(i64::MAX);
+        let mut pods = self.pods.take();
         loop {
             tokio::select! {
                 biased;
@@ -133,7 +199,13 @@ impl Pipeline {
                     }
                     None => break,
                 },
+                event = next_pod_event(&mut pods) => match event {
+                    Some(event) => self.engine.inventory_mut().apply_pod_event(&event),
+                    // The source stopped; the inventory keeps what it has.
+                    None => pods = None,
+                },
                 _ = ticker.tick() => {
+                    self.maybe_reload_rules();
                     let now = gpusiem_ingest::source::now_nanos().saturating_sub(lateness);
                     if now > self.engine.watermark() {
                         if let Err(e) = self.tick(now).await {
@@ -154,5 +226,13 @@ impl Pipeline {
                 tracing::error!(error = %e, "flushing the store at shutdown failed");
             }
         }
+    }
+}
+
+/// The next pod change, or never when there is no `kubernetes` source.
+async fn next_pod_event(pods: &mut Option<mpsc::Receiver<PodEvent>>) -> Option<PodEvent> {
+    match pods {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

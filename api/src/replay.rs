@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::TimestampNanosecondType;
-use gpusiem_detect::{Engine, EngineConfig, Finding};
+use gpusiem_detect::Finding;
 use gpusiem_ingest::decode::{self, DecodeContext};
 use gpusiem_ingest::quarantine::QuarantineWriter;
 use gpusiem_ingest::{Batch, Stream};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::delivery::Delivery;
+use crate::delivery::{Clock, Delivery, DeliveryContext};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
@@ -75,8 +75,7 @@ pub struct ReplayOutput {
 /// Runs the replay.
 pub async fn replay(input: &ReplayInput, config: &Config) -> crate::Result<ReplayOutput> {
     let metrics = Arc::new(Metrics::new());
-    let engine = Engine::new(EngineConfig { inventory: config.inventory.clone(), detectors: config.detectors.clone() })
-        .map_err(crate::Error::Detect)?;
+    let engine = crate::pipeline::engine(config)?;
     let quarantine = match &input.quarantine_dir {
         Some(dir) => Some(
             QuarantineWriter::open(dir, config.pipeline.quarantine_max_bytes, metrics.ingest.clone())
@@ -87,7 +86,14 @@ pub async fn replay(input: &ReplayInput, config: &Config) -> crate::Result<Repla
     let delivery = if config.sinks.is_empty() && config.notifiers.is_empty() {
         None
     } else {
-        Some(Delivery::start(&config.sinks, &config.notifiers, &config.routing).await?)
+        // Group timers run on event time; what is pending at the end is flushed by `drain`.
+        let cx = DeliveryContext {
+            data_dir: config.server.data_dir.clone(),
+            metrics: metrics.delivery.clone(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            clock: Clock::EventTime,
+        };
+        Some(Delivery::start(&config.sinks, &config.notifiers, &config.routing, cx).await?)
     };
     let mut pipeline = Pipeline::new(engine, quarantine, None, delivery.clone(), metrics.clone());
 
@@ -139,7 +145,9 @@ pub async fn replay(input: &ReplayInput, config: &Config) -> crate::Result<Repla
     }
     let last = streams.iter().filter_map(|c| c.ts.last().copied()).max();
     if let Some(last) = last {
-        keep(pipeline.tick(last).await?);
+        // Just past the last event: detectors judge a time slot once event time has left it,
+        // so the last samples are judged as live operation would judge them a moment later.
+        keep(pipeline.tick(last.saturating_add(1)).await?);
     }
     if let Some(d) = &delivery {
         d.drain().await?;

@@ -1,0 +1,200 @@
+//! Hour partitions: rows sorted by `ts`, split by hour, written as Parquet files under
+//! `dt=YYYY-MM-DD/hour=HH/`, and read back for compaction.
+//!
+//! Files are zstd-compressed, carry column and page statistics (time and namespace pruning),
+//! bloom filters on the entity columns analysts pivot on (a point lookup by pod or GPU skips
+//! the row groups that cannot hold it), the `ts` sort order, and in their key-value metadata
+//! the table and the last WAL segment they cover (enough to rebuild a lost manifest).
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{SortOptions, concat_batches, sort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
+use arrow::error::ArrowError;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::fs::{publish, remove_if_exists, temp_path};
+use super::manifest::FileEntry;
+
+/// Nanoseconds per hour.
+pub(crate) const NS_PER_HOUR: i64 = 3_600_000_000_000;
+/// The event-time column every stored table has.
+pub(crate) const TS: &str = "ts";
+/// Columns that get a bloom filter when a table has them: the entities analysts look up.
+const BLOOM_COLUMNS: [&str; 4] = ["id", "pod", "gpu_uuid", "event_id"];
+
+/// How files are written.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteOptions {
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+}
+
+/// Whether `schema` has a usable `ts` column (timestamp, nanoseconds).
+pub(crate) fn check_ts(schema: &SchemaRef) -> Result<usize, String> {
+    let (i, f) = schema.column_with_name(TS).ok_or("the table has no ts column")?;
+    match f.data_type() {
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Ok(i),
+        _ => Err("the ts column must be a nanosecond timestamp".into()),
+    }
+}
+
+/// Start of the hour holding `ts_ns`, seconds since the epoch.
+pub(crate) fn hour_of(ts_ns: i64) -> i64 {
+    ts_ns.div_euclid(NS_PER_HOUR) * 3600
+}
+
+/// Directory of an hour partition, relative to the table directory.
+pub(crate) fn hour_dir(hour_secs: i64) -> String {
+    match chrono::DateTime::from_timestamp(hour_secs, 0) {
+        Some(t) => t.format("dt=%Y-%m-%d/hour=%H").to_string(),
+        None => format!("dt=invalid/hour={hour_secs}"),
+    }
+}
+
+/// Concatenates `batches`, sorts by `ts` and splits them at hour boundaries.
+pub(crate) fn split_by_hour(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
+    let ts_idx = check_ts(schema).map_err(ArrowError::SchemaError)?;
+    let all = concat_batches(schema, batches)?;
+    if all.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let order = sort_to_indices(all.column(ts_idx), Some(SortOptions { descending: false, nulls_first: true }), None)?;
+    let sorted = take_record_batch(&all, &order)?;
+    drop(all);
+    let ts = sorted.column(ts_idx).as_primitive::<TimestampNanosecondType>();
+    let hour_at = |i: usize| if ts.is_null(i) { 0 } else { hour_of(ts.value(i)) };
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=sorted.num_rows() {
+        if i == sorted.num_rows() || hour_at(i) != hour_at(start) {
+            out.push((hour_at(start), sorted.slice(start, i - start)));
+            start = i;
+        }
+    }
+    Ok(out)
+}
+
+fn properties(schema: &SchemaRef, table: &str, wal_through: u64, opts: &WriteOptions) -> Result<WriterProperties, String> {
+    let ts_idx = check_ts(schema)?;
+    let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| e.to_string())?;
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: i32::try_from(ts_idx).map_err(|e| e.to_string())?,
+            descending: false,
+            nulls_first: true,
+        }]))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new("gpusiem.table".to_string(), table.to_string()),
+            KeyValue::new("gpusiem.wal_through".to_string(), wal_through.to_string()),
+        ]));
+    for c in BLOOM_COLUMNS {
+        if schema.column_with_name(c).is_some_and(|(_, f)| f.data_type() == &DataType::Utf8) {
+            b = b.set_column_bloom_filter_enabled(ColumnPath::from(c), true);
+        }
+    }
+    Ok(b.build())
+}
+
+/// Writes `batch` (rows of one hour, sorted by `ts`) to `table_dir/rel_path` atomically:
+/// temporary name, fsync, rename, fsync of the directory.
+pub(crate) fn write_file(
+    table_dir: &Path,
+    rel_path: &str,
+    hour: i64,
+    batch: &RecordBatch,
+    table: &str,
+    wal_through: u64,
+    opts: &WriteOptions,
+) -> Result<FileEntry, String> {
+    let schema = batch.schema();
+    let ts_idx = check_ts(&schema)?;
+    let path = table_dir.join(rel_path);
+    let dir = path.parent().ok_or("file path has no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let props = properties(&schema, table, wal_through, opts)?;
+    let tmp = temp_path(&path);
+    let written = (|| -> Result<u64, String> {
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| e.to_string())?;
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
+        w.write(batch).map_err(|e| e.to_string())?;
+        // finish() writes the footer and flushes the buffer down to the file.
+        w.finish().map_err(|e| e.to_string())?;
+        w.inner().sync_all().map_err(|e| e.to_string())?;
+        let bytes = w.inner().metadata().map_err(|e| e.to_string())?.len();
+        drop(w);
+        publish(&tmp, &path).map_err(|e| e.to_string())?;
+        Ok(bytes)
+    })();
+    let bytes = match written {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = remove_if_exists(&tmp);
+            return Err(format!("writing {}: {e}", path.display()));
+        }
+    };
+    let ts = batch.column(ts_idx).as_primitive::<TimestampNanosecondType>();
+    let (min_ts, max_ts) = match (arrow::compute::min(ts), arrow::compute::max(ts)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => (hour * 1_000_000_000, hour * 1_000_000_000),
+    };
+    Ok(FileEntry { path: rel_path.to_string(), hour, rows: batch.num_rows() as u64, bytes, min_ts, max_ts })
+}
+
+/// Reads a whole Parquet file.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<RecordBatch>, String> {
+    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// Describes an existing file from its footer (rebuilding a lost manifest).
+pub(crate) fn describe_file(table_dir: &Path, rel_path: &str) -> Result<(FileEntry, u64, SchemaRef), String> {
+    let path = table_dir.join(rel_path);
+    let file = File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let bytes = file.metadata().map_err(|e| e.to_string())?.len();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let schema = builder.schema().clone();
+    let meta = builder.metadata().file_metadata();
+    let wal_through = meta
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == "gpusiem.wal_through"))
+        .and_then(|k| k.value.as_deref()?.parse().ok())
+        .unwrap_or(0);
+    let rows = u64::try_from(meta.num_rows()).unwrap_or(0);
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), [TS]);
+    let batches: Vec<RecordBatch> = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut min_ts = i64::MAX;
+    let mut max_ts = i64::MIN;
+    for b in &batches {
+        let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
+        if let (Some(a), Some(z)) = (arrow::compute::min(ts), arrow::compute::max(ts)) {
+            min_ts = min_ts.min(a);
+            max_ts = max_ts.max(z);
+        }
+    }
+    if min_ts > max_ts {
+        (min_ts, max_ts) = (0, 0);
+    }
+    let entry = FileEntry { path: rel_path.to_string(), hour: hour_of(min_ts), rows, bytes, min_ts, max_ts };
+    Ok((entry, wal_through, schema))
+}
