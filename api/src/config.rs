@@ -61,8 +61,13 @@ pub struct ServerConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key.
     pub tls_key_file: Option<PathBuf>,
-    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    /// PEM CA bundle; when set, client certificates it signed authenticate (mTLS).
     pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (default) refuses a TLS handshake without a valid
+    /// client certificate; `optional` also accepts handshakes without one (kubelet probes,
+    /// token holders), which then need a bearer token for every route but the probes. A
+    /// certificate that is presented must still be valid.
+    pub client_cert: ClientCertMode,
     /// Largest ingest request body (before and after gzip), bytes.
     pub max_ingest_body_bytes: usize,
     /// Largest API request body, bytes.
@@ -77,10 +82,22 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             client_ca_file: None,
+            client_cert: ClientCertMode::Required,
             max_ingest_body_bytes: 8 << 20,
             max_api_body_bytes: 256 << 10,
         }
     }
+}
+
+/// `server.client_cert`: whether a client certificate is required when `client_ca_file` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertMode {
+    /// Every connection presents a certificate chaining to `client_ca_file`.
+    #[default]
+    Required,
+    /// A certificate authenticates when presented; connections without one need a token.
+    Optional,
 }
 
 /// `[pipeline]`.
@@ -196,7 +213,10 @@ pub struct Problems(pub Vec<ConfigError>);
 impl Problems {
     /// Records a problem at `path`.
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError { path: path.into(), message: message.into() });
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -204,15 +224,20 @@ impl Config {
     /// Parses TOML text. Syntax and type errors name the key and line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError {
-            path: e.span().map(|s| line_of(text, s.start)).unwrap_or_else(|| "(file)".into()),
+            path: e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .unwrap_or_else(|| "(file)".into()),
             message: e.message().to_string(),
         })
     }
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { path: path.display().to_string(), message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
         Config::parse(&text)
     }
 
@@ -228,10 +253,24 @@ impl Config {
             Ok(_) => {}
         }
         if self.server.tls_cert_file.is_some() != self.server.tls_key_file.is_some() {
-            p.push("server.tls_key_file", "tls_cert_file and tls_key_file go together");
+            p.push(
+                "server.tls_key_file",
+                "tls_cert_file and tls_key_file go together",
+            );
+        }
+        if self.server.client_cert == ClientCertMode::Optional
+            && self.server.client_ca_file.is_none()
+        {
+            p.push(
+                "server.client_cert",
+                "`optional` only applies with client_ca_file",
+            );
         }
         if self.server.client_ca_file.is_some() && self.server.tls_cert_file.is_none() {
-            p.push("server.client_ca_file", "client certificates need TLS (tls_cert_file, tls_key_file)");
+            p.push(
+                "server.client_ca_file",
+                "client certificates need TLS (tls_cert_file, tls_key_file)",
+            );
         }
         if self.server.max_ingest_body_bytes == 0 {
             p.push("server.max_ingest_body_bytes", "must be positive");
@@ -254,7 +293,12 @@ impl Config {
                 }
             }
         }
-        for e in self.inventory.validate().into_iter().chain(self.detectors.validate()) {
+        for e in self
+            .inventory
+            .validate()
+            .into_iter()
+            .chain(self.detectors.validate())
+        {
             match e {
                 gpusiem_detect::Error::Config { path, message } => p.push(path, message),
                 other => p.push("detectors", other.to_string()),
@@ -269,16 +313,20 @@ impl Config {
 
     /// The listen address (validated).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|_| ConfigError { path: "server.listen".into(), message: "must be an IP:port address".into() })
+        self.server.listen.parse().map_err(|_| ConfigError {
+            path: "server.listen".into(),
+            message: "must be an IP:port address".into(),
+        })
     }
 }
 
 fn validate_source(path: &str, s: &SourceConfig, p: &mut Problems) {
     match s {
-        SourceConfig::DcgmScrape { targets, interval_secs, timeout_secs } => {
+        SourceConfig::DcgmScrape {
+            targets,
+            interval_secs,
+            timeout_secs,
+        } => {
             if targets.is_empty() {
                 p.push(format!("{path}.targets"), "at least one target");
             }
@@ -292,12 +340,20 @@ fn validate_source(path: &str, s: &SourceConfig, p: &mut Problems) {
                 p.push(format!("{path}.interval_secs"), "must be positive");
             }
             if *timeout_secs == 0 || timeout_secs > interval_secs {
-                p.push(format!("{path}.timeout_secs"), "must be positive and at most interval_secs");
+                p.push(
+                    format!("{path}.timeout_secs"),
+                    "must be positive and at most interval_secs",
+                );
             }
         }
-        SourceConfig::File { stream, start_at, .. } => {
+        SourceConfig::File {
+            stream, start_at, ..
+        } => {
             if Stream::from_name(stream).is_none() {
-                p.push(format!("{path}.stream"), "one of gpu_metrics, falco_events, k8s_audit");
+                p.push(
+                    format!("{path}.stream"),
+                    "one of gpu_metrics, falco_events, k8s_audit",
+                );
             }
             if let Some(s) = start_at {
                 if s != "beginning" && s != "end" {
@@ -305,15 +361,28 @@ fn validate_source(path: &str, s: &SourceConfig, p: &mut Problems) {
                 }
             }
         }
-        SourceConfig::Kafka { brokers, group_id, gpu_metrics_topic, falco_events_topic, k8s_audit_topic, .. } => {
+        SourceConfig::Kafka {
+            brokers,
+            group_id,
+            gpu_metrics_topic,
+            falco_events_topic,
+            k8s_audit_topic,
+            ..
+        } => {
             if brokers.trim().is_empty() {
                 p.push(format!("{path}.brokers"), "must not be empty");
             }
             if group_id.trim().is_empty() {
                 p.push(format!("{path}.group_id"), "must not be empty");
             }
-            if gpu_metrics_topic.is_none() && falco_events_topic.is_none() && k8s_audit_topic.is_none() {
-                p.push(format!("{path}"), "name at least one of gpu_metrics_topic, falco_events_topic, k8s_audit_topic");
+            if gpu_metrics_topic.is_none()
+                && falco_events_topic.is_none()
+                && k8s_audit_topic.is_none()
+            {
+                p.push(
+                    format!("{path}"),
+                    "name at least one of gpu_metrics_topic, falco_events_topic, k8s_audit_topic",
+                );
             }
         }
         SourceConfig::Kubernetes { api_url, .. } => {
@@ -327,7 +396,11 @@ fn validate_source(path: &str, s: &SourceConfig, p: &mut Problems) {
 }
 
 fn line_of(text: &str, offset: usize) -> String {
-    let line = text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1;
+    let line = text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1;
     format!("line {line}")
 }
 
@@ -352,8 +425,12 @@ impl Secret {
             (Some(f), None) => std::fs::read_to_string(f)
                 .map(|s| Secret(s.trim().to_string()))
                 .map_err(|e| format!("cannot read {}: {}", f.display(), e.kind())),
-            (None, Some(v)) => std::env::var(v).map(|s| Secret(s.trim().to_string())).map_err(|_| format!("environment variable {v} is not set")),
-            (Some(_), Some(_)) => Err("set either the file or the environment variable, not both".into()),
+            (None, Some(v)) => std::env::var(v)
+                .map(|s| Secret(s.trim().to_string()))
+                .map_err(|_| format!("environment variable {v} is not set")),
+            (Some(_), Some(_)) => {
+                Err("set either the file or the environment variable, not both".into())
+            }
             (None, None) => Err("set a file or an environment variable".into()),
         }
     }
@@ -385,7 +462,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_with_a_line() {
-        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").expect_err("unknown key");
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n")
+            .expect_err("unknown key");
         assert_eq!(e.path, "line 3");
         assert!(e.message.contains("listen_port"), "{}", e.message);
     }
@@ -412,13 +490,16 @@ stream = "falco"
         )
         .expect("parse");
         let paths: Vec<String> = c.validate().into_iter().map(|e| e.path).collect();
-        assert_eq!(paths, [
-            "server.listen",
-            "server.tls_key_file",
-            "sources[0].targets[0]",
-            "sources[0].timeout_secs",
-            "sources[1].stream"
-        ]);
+        assert_eq!(
+            paths,
+            [
+                "server.listen",
+                "server.tls_key_file",
+                "sources[0].targets[0]",
+                "sources[0].timeout_secs",
+                "sources[1].stream"
+            ]
+        );
     }
 
     #[test]
@@ -434,7 +515,13 @@ baseline_alpha = 0.0
         )
         .expect("parse");
         let paths: Vec<String> = c.validate().into_iter().map(|e| e.path).collect();
-        assert_eq!(paths, ["inventory.serving_images[1]", "detectors.gpu_memory_spike.baseline_alpha"]);
+        assert_eq!(
+            paths,
+            [
+                "inventory.serving_images[1]",
+                "detectors.gpu_memory_spike.baseline_alpha"
+            ]
+        );
     }
 
     #[test]

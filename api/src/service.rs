@@ -51,33 +51,68 @@ pub async fn start(config: Config) -> crate::Result<Running> {
     if !problems.is_empty() {
         return Err(crate::Error::Config(problems));
     }
-    let addr = config.listen_addr().map_err(|e| crate::Error::Config(vec![e]))?;
+    let addr = config
+        .listen_addr()
+        .map_err(|e| crate::Error::Config(vec![e]))?;
     // Secrets and certificates are read once, now.
     let auth = Arc::new(Authenticator::load(&config.auth).map_err(crate::Error::Config)?);
     let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
         (Some(cert), Some(key)) => Some(Arc::new(
-            server::tls::server_config(cert, key, config.server.client_ca_file.as_deref()).map_err(|e| crate::Error::Config(vec![e]))?,
+            server::tls::server_config(
+                cert,
+                key,
+                config.server.client_ca_file.as_deref(),
+                config.server.client_cert,
+            )
+            .map_err(|e| crate::Error::Config(vec![e]))?,
         )),
         _ => None,
     };
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| crate::Error::File { op: "creating", path: data_dir.clone(), source })?;
+    std::fs::create_dir_all(&data_dir).map_err(|source| crate::Error::File {
+        op: "creating",
+        path: data_dir.clone(),
+        source,
+    })?;
 
     let mut metrics = Metrics::new();
     let shutdown = CancellationToken::new();
-    let quarantine = QuarantineWriter::open(&data_dir.join("quarantine"), config.pipeline.quarantine_max_bytes, metrics.ingest.clone())
-        .map_err(|e| crate::Error::Store { op: "quarantine", reason: e.to_string() })?;
+    let quarantine = QuarantineWriter::open(
+        &data_dir.join("quarantine"),
+        config.pipeline.quarantine_max_bytes,
+        metrics.ingest.clone(),
+    )
+    .map_err(|e| crate::Error::Store {
+        op: "quarantine",
+        reason: e.to_string(),
+    })?;
     let store = Store::open(&data_dir, &config.store).await?;
     metrics.register_store(store.clone());
     let metrics = Arc::new(metrics);
     let audit = AuditLog::open(store.clone())?;
     let query_engine = Arc::new(QueryEngine::new(store.clone(), config.query.clone()));
-    let delivery_cx =
-        DeliveryContext { data_dir: data_dir.clone(), metrics: metrics.delivery.clone(), shutdown: shutdown.clone(), clock: Clock::Wall };
-    let delivery = Delivery::start(&config.sinks, &config.notifiers, &config.routing, delivery_cx).await?;
+    let delivery_cx = DeliveryContext {
+        data_dir: data_dir.clone(),
+        metrics: metrics.delivery.clone(),
+        shutdown: shutdown.clone(),
+        clock: Clock::Wall,
+    };
+    let delivery = Delivery::start(
+        &config.sinks,
+        &config.notifiers,
+        &config.routing,
+        delivery_cx,
+    )
+    .await?;
     let engine = crate::pipeline::engine(&config)?;
-    let pipeline = Pipeline::new(engine, Some(quarantine), Some(store.clone()), Some(delivery.clone()), metrics.clone())
-        .with_rule_reload(config.rules.clone());
+    let pipeline = Pipeline::new(
+        engine,
+        Some(quarantine),
+        Some(store.clone()),
+        Some(delivery.clone()),
+        metrics.clone(),
+    )
+    .with_rule_reload(config.rules.clone());
 
     let (tx, rx) = mpsc::channel(config.pipeline.channel_batches);
     let mut cx = SourceContext::new(tx, shutdown.clone(), metrics.ingest.clone());
@@ -86,12 +121,52 @@ pub async fn start(config: Config) -> crate::Result<Running> {
 
     let receivers = HttpReceivers::new(
         cx.clone(),
-        HttpReceiverConfig { max_body_bytes: config.server.max_ingest_body_bytes, ..HttpReceiverConfig::default() },
+        HttpReceiverConfig {
+            max_body_bytes: config.server.max_ingest_body_bytes,
+            ..HttpReceiverConfig::default()
+        },
     );
+    // Every series a configured input will write exists from the start.
+    metrics.ingest.expect_source(Stream::FalcoEvents, "http");
+    metrics.ingest.expect_source(Stream::K8sAudit, "http");
+    for s in &config.sources {
+        match s {
+            SourceConfig::DcgmScrape { .. } => metrics
+                .ingest
+                .expect_source(Stream::GpuMetrics, "dcgm_scrape"),
+            SourceConfig::File { stream, .. } => {
+                if let Some(stream) = Stream::from_name(stream) {
+                    metrics.ingest.expect_source(stream, "file");
+                }
+            }
+            SourceConfig::Kafka {
+                gpu_metrics_topic,
+                falco_events_topic,
+                k8s_audit_topic,
+                ..
+            } => {
+                for (stream, topic) in [
+                    (Stream::GpuMetrics, gpu_metrics_topic),
+                    (Stream::FalcoEvents, falco_events_topic),
+                    (Stream::K8sAudit, k8s_audit_topic),
+                ] {
+                    if topic.is_some() {
+                        metrics.ingest.expect_source(stream, "kafka");
+                    }
+                }
+            }
+            SourceConfig::Kubernetes { .. } => {}
+        }
+    }
     let mut sources = Vec::new();
     let mut pipeline = pipeline;
     for (i, s) in config.sources.iter().enumerate() {
-        if let SourceConfig::Kubernetes { api_url, token_file, ca_file } = s {
+        if let SourceConfig::Kubernetes {
+            api_url,
+            token_file,
+            ca_file,
+        } = s
+        {
             let watcher = Kubernetes::new(KubernetesConfig {
                 api_server: api_url.clone(),
                 token_file: token_file.clone(),
@@ -127,7 +202,13 @@ pub async fn start(config: Config) -> crate::Result<Running> {
         max_api_body_bytes: config.server.max_api_body_bytes,
         max_ingest_body_bytes: config.server.max_ingest_body_bytes,
         // A query may wait for an engine slot, then run, each up to the query timeout.
-        api_timeout: Duration::from_secs(config.query.timeout_secs.saturating_mul(2).saturating_add(10)),
+        api_timeout: Duration::from_secs(
+            config
+                .query
+                .timeout_secs
+                .saturating_mul(2)
+                .saturating_add(10),
+        ),
         ..ApiLimits::default()
     };
     let state = AppState {
@@ -142,7 +223,10 @@ pub async fn start(config: Config) -> crate::Result<Running> {
     };
     let silences = crate::delivery::silences::router(delivery.silences());
     let app = server::router(state, &receivers, Some(silences));
-    let serve_error = |e: std::io::Error| crate::Error::Serve { addr: addr.to_string(), reason: e.to_string() };
+    let serve_error = |e: std::io::Error| crate::Error::Serve {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
     let listener = std::net::TcpListener::bind(addr).map_err(serve_error)?;
     let bound = listener.local_addr().map_err(serve_error)?;
     tracing::info!(addr = %bound, data_dir = %data_dir.display(), tls = tls.is_some(), mtls = config.server.client_ca_file.is_some(), "gpusiem listening");
@@ -166,7 +250,10 @@ pub async fn start(config: Config) -> crate::Result<Running> {
     let done = tokio::spawn(async move {
         let served = server::serve(listener, app, tls, &ConnectionLimits::default(), stop)
             .await
-            .map_err(|e| crate::Error::Serve { addr: bound.to_string(), reason: e.to_string() });
+            .map_err(|e| crate::Error::Serve {
+                addr: bound.to_string(),
+                reason: e.to_string(),
+            });
         ready.store(false, Ordering::Relaxed);
         for s in sources {
             let _ = s.await;
@@ -178,26 +265,55 @@ pub async fn start(config: Config) -> crate::Result<Running> {
         store.close().await?;
         served
     });
-    Ok(Running { addr: bound, shutdown, done })
+    Ok(Running {
+        addr: bound,
+        shutdown,
+        done,
+    })
 }
 
-fn build_source(i: usize, s: &SourceConfig, config: &Config) -> crate::Result<Option<Box<dyn Source>>> {
+fn build_source(
+    i: usize,
+    s: &SourceConfig,
+    config: &Config,
+) -> crate::Result<Option<Box<dyn Source>>> {
     Ok(match s {
-        SourceConfig::DcgmScrape { targets, interval_secs, timeout_secs } => Some(Box::new(DcgmScrape::new(DcgmScrapeConfig {
+        SourceConfig::DcgmScrape {
+            targets,
+            interval_secs,
+            timeout_secs,
+        } => Some(Box::new(DcgmScrape::new(DcgmScrapeConfig {
             targets: targets.clone(),
             interval: Duration::from_secs(*interval_secs),
             timeout: Duration::from_secs(*timeout_secs),
             ..DcgmScrapeConfig::default()
         }))),
-        SourceConfig::File { path, stream, start_at } => {
-            let Some(stream) = Stream::from_name(stream) else { return Ok(None) };
-            let mut fc = FileSourceConfig::new(path.clone(), stream, config.server.data_dir.join("checkpoints"));
+        SourceConfig::File {
+            path,
+            stream,
+            start_at,
+        } => {
+            let Some(stream) = Stream::from_name(stream) else {
+                return Ok(None);
+            };
+            let mut fc = FileSourceConfig::new(
+                path.clone(),
+                stream,
+                config.server.data_dir.join("checkpoints"),
+            );
             if start_at.as_deref() == Some("end") {
                 fc.start_at = StartAt::End;
             }
             Some(Box::new(FileSource::new(fc)))
         }
-        SourceConfig::Kafka { brokers, group_id, gpu_metrics_topic, falco_events_topic, k8s_audit_topic, properties } => {
+        SourceConfig::Kafka {
+            brokers,
+            group_id,
+            gpu_metrics_topic,
+            falco_events_topic,
+            k8s_audit_topic,
+            properties,
+        } => {
             let topics = KafkaTopics {
                 gpu_metrics: gpu_metrics_topic.clone(),
                 falco_events: falco_events_topic.clone(),
@@ -215,7 +331,10 @@ fn build_source(i: usize, s: &SourceConfig, config: &Config) -> crate::Result<Op
 
 /// A source that cannot start stops the service's start, naming the source.
 fn source_error(i: usize, e: &dyn std::fmt::Display) -> crate::Error {
-    crate::Error::Config(vec![crate::config::ConfigError { path: format!("sources[{i}]"), message: e.to_string() }])
+    crate::Error::Config(vec![crate::config::ConfigError {
+        path: format!("sources[{i}]"),
+        message: e.to_string(),
+    }])
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -223,13 +342,14 @@ pub async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -24,17 +24,38 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
     let data = dir.path().join("data");
     let s = start(&data);
     gpusiem_ingest::source::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let base = s.base.clone();
 
-    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
     // Ready once the pipeline runs.
     s.wait_ready(&client).await;
 
     let falco = fixture("falco/elastic-falco-alerts-real.jsonl");
-    let r = client.post(format!("{base}/ingest/falco")).header("content-type", "application/json").body(falco).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/ingest/falco"))
+        .header("content-type", "application/json")
+        .body(falco)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let falco_accepted = r.json::<serde_json::Value>().await.unwrap()["accepted"].as_u64().unwrap();
+    let falco_accepted = r.json::<serde_json::Value>().await.unwrap()["accepted"]
+        .as_u64()
+        .unwrap();
     assert!(falco_accepted >= 5, "{falco_accepted}");
 
     let mut audit_accepted = 0;
@@ -51,7 +72,9 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{f}");
-        audit_accepted += r.json::<serde_json::Value>().await.unwrap()["accepted"].as_u64().unwrap();
+        audit_accepted += r.json::<serde_json::Value>().await.unwrap()["accepted"]
+            .as_u64()
+            .unwrap();
     }
     assert!(audit_accepted >= 10, "{audit_accepted}");
 
@@ -59,34 +82,105 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
     let v = query(&client, &s, counts).await;
     assert_eq!(v["rows"][0]["falco"].as_u64(), Some(falco_accepted));
     assert_eq!(v["rows"][0]["audit"].as_u64(), Some(audit_accepted));
-    let v = query(&client, &s, "SELECT verb, resource, subresource FROM k8s_audit WHERE subresource = 'exec'").await;
+    let v = query(
+        &client,
+        &s,
+        "SELECT verb, resource, subresource FROM k8s_audit WHERE subresource = 'exec'",
+    )
+    .await;
     assert!(v["row_count"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(v["rows"][0]["resource"], "pods");
-    let v = query(&client, &s, "SELECT DISTINCT rule FROM falco_events ORDER BY rule").await;
-    assert!(v["rows"].as_array().unwrap().iter().all(|r| r["rule"].as_str().is_some_and(|s| !s.is_empty())));
+    let v = query(
+        &client,
+        &s,
+        "SELECT DISTINCT rule FROM falco_events ORDER BY rule",
+    )
+    .await;
+    assert!(
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["rule"].as_str().is_some_and(|s| !s.is_empty()))
+    );
 
-    let r = client.get(format!("{base}/api/v1/findings")).send().await.unwrap();
+    let r = client
+        .get(format!("{base}/api/v1/findings"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.json::<serde_json::Value>().await.unwrap()["findings"].is_array());
 
     // Every request above is in api_audit, as the anonymous principal of loopback-only mode.
-    let v = query(&client, &s, "SELECT route, status, principal FROM api_audit WHERE route LIKE '/ingest/%'").await;
+    let v = query(
+        &client,
+        &s,
+        "SELECT route, status, principal FROM api_audit WHERE route LIKE '/ingest/%'",
+    )
+    .await;
     assert_eq!(v["row_count"], 4, "{v}");
-    assert!(v["rows"].as_array().unwrap().iter().all(|r| r["principal"] == "anonymous" && r["status"] == 200));
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gpusiem_api_requests_total{route=\"/ingest/falco\",method=\"POST\",status=\"200\"} 1"), "{metrics}");
+    assert!(
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["principal"] == "anonymous" && r["status"] == 200)
+    );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "gpusiem_api_requests_total{route=\"/ingest/falco\",method=\"POST\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
 
     s.terminate();
 
     // What was acknowledged is still there after a clean stop, flushed: nothing is left to
     // recover from the write-ahead log.
     let s = start(&data);
-    let metrics = client.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.lines().any(|l| l == "gpusiem_store_recovered_rows_total 0"), "the shutdown flushed everything: {metrics}");
+    let metrics = client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gpusiem_store_recovered_rows_total 0"),
+        "the shutdown flushed everything: {metrics}"
+    );
+    // The receivers' series exist at 0 before any request, quarantine reasons included.
+    for series in [
+        r#"gpusiem_ingest_rows_total{stream="falco_events",source="http"} 0"#,
+        r#"gpusiem_ingest_rows_total{stream="k8s_audit",source="http"} 0"#,
+        r#"gpusiem_ingest_quarantined_total{stream="k8s_audit",reason="invalid_json"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} missing: {metrics}"
+        );
+    }
     let v = query(&client, &s, counts).await;
     assert_eq!(v["rows"][0]["falco"].as_u64(), Some(falco_accepted));
     assert_eq!(v["rows"][0]["audit"].as_u64(), Some(audit_accepted));
-    let v = query(&client, &s, "SELECT count(*) AS n FROM api_audit WHERE route = '/ingest/falco'").await;
+    let v = query(
+        &client,
+        &s,
+        "SELECT count(*) AS n FROM api_audit WHERE route = '/ingest/falco'",
+    )
+    .await;
     assert_eq!(v["rows"][0]["n"], 1, "the audit trail survives the restart");
     s.terminate();
 }
@@ -94,11 +188,17 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
 #[test]
 fn a_non_loopback_listen_address_without_tokens_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_gpusiem")).args(["run", "--listen", "0.0.0.0:0", "--data"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpusiem"))
+        .args(["run", "--listen", "0.0.0.0:0", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("server.listen") && stderr.contains("auth.tokens"), "{stderr}");
+    assert!(
+        stderr.contains("server.listen") && stderr.contains("auth.tokens"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty(), "never listened");
 }
 
@@ -118,7 +218,11 @@ fn a_token_that_cannot_be_read_stops_the_start_without_printing_secrets() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gpusiem")).args(["run", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpusiem"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("auth.tokens[1]"), "{stderr}");

@@ -86,6 +86,24 @@ impl IngestMetrics {
         m
     }
 
+    /// Creates the series of a (stream, source) pair at 0, and its quarantine series for every
+    /// reason, so dashboards and `rate()` see a configured source before its first row (and a
+    /// quarantine reason before its first record) instead of no data.
+    pub fn expect_source(&self, stream: Stream, source: &'static str) {
+        let labels = SourceLabels {
+            stream: stream.name(),
+            source,
+        };
+        let _ = self.rows.get_or_create(&labels);
+        let _ = self.bytes.get_or_create(&labels);
+        for reason in Reason::ALL {
+            let _ = self.quarantined.get_or_create(&QuarantineLabels {
+                stream: stream.name(),
+                reason: reason.as_str(),
+            });
+        }
+    }
+
     /// Counts decoded rows and input bytes.
     pub fn record_rows(&self, stream: Stream, source: &'static str, rows: usize, bytes: usize) {
         let labels = SourceLabels {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use gpusiem::config::Config;
-use gpusiem::delivery::metrics::DeliveryMetrics;
+use gpusiem::delivery::metrics::{Accounting, DeliveryMetrics};
 use gpusiem::delivery::{Clock, Delivery, DeliveryContext};
 use gpusiem_detect::role::Role;
 use gpusiem_detect::{Finding, Severity, Status};
@@ -44,7 +44,9 @@ pub fn finding(n: usize, detector: &str, namespace: &str, severity: Severity, at
 
 /// `n` findings of one detector in one namespace, 10 ms apart.
 pub fn findings(n: usize, detector: &str, namespace: &str, severity: Severity) -> Vec<Finding> {
-    (0..n).map(|i| finding(i, detector, namespace, severity, T0 + i as i64 * SEC / 100)).collect()
+    (0..n)
+        .map(|i| finding(i, detector, namespace, severity, T0 + i as i64 * SEC / 100))
+        .collect()
 }
 
 /// A running `Delivery` with its metrics and shutdown token.
@@ -70,14 +72,45 @@ pub async fn start(toml: &str, data_dir: &Path, clock: Clock) -> Running {
     assert!(problems.is_empty(), "config problems: {problems:?}");
     let metrics = DeliveryMetrics::default();
     let shutdown = CancellationToken::new();
-    let cx = DeliveryContext { data_dir: data_dir.to_path_buf(), metrics: metrics.clone(), shutdown: shutdown.clone(), clock };
-    let delivery = Delivery::start(&config.sinks, &config.notifiers, &config.routing, cx).await.expect("starting delivery");
-    Running { delivery, metrics, shutdown }
+    let cx = DeliveryContext {
+        data_dir: data_dir.to_path_buf(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        clock,
+    };
+    let delivery = Delivery::start(&config.sinks, &config.notifiers, &config.routing, cx)
+        .await
+        .expect("starting delivery");
+    Running {
+        delivery,
+        metrics,
+        shutdown,
+    }
+}
+
+/// The accounting of `target` once nothing is queued (waits up to 10 s). A fake receiver
+/// stores what it was sent before the sender has read the answer and counted it: asserting on
+/// the counters the moment the receiver has everything races with that.
+pub async fn settled(run: &Running, target: &str) -> Accounting {
+    crate::fakes::wait_until(std::time::Duration::from_secs(10), || {
+        run.metrics.accounting(target).queued == 0
+    })
+    .await;
+    run.metrics.accounting(target)
 }
 
 /// Lines of a dead-letter file as JSON.
 pub fn dead_letters(data_dir: &Path, target: &str) -> Vec<serde_json::Value> {
-    let name: String = target.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let name: String = target
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     std::fs::read_to_string(data_dir.join("dead-letter").join(format!("{name}.jsonl")))
         .unwrap_or_default()
         .lines()
@@ -90,7 +123,10 @@ pub fn dead_letters(data_dir: &Path, target: &str) -> Vec<serde_json::Value> {
 /// agree, and fails if they never do.
 pub async fn assert_balanced(r: &Running) {
     for t in r.delivery.targets() {
-        let ok = crate::fakes::wait_until(std::time::Duration::from_secs(5), || r.metrics.accounting(&t).balanced()).await;
+        let ok = crate::fakes::wait_until(std::time::Duration::from_secs(5), || {
+            r.metrics.accounting(&t).balanced()
+        })
+        .await;
         assert!(ok, "{t}: {:?}", r.metrics.accounting(&t));
     }
 }

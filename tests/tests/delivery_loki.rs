@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gpusiem::delivery::Clock;
 use gpusiem_detect::Severity;
-use gpusiem_tests::delivery::{assert_balanced, dead_letters, findings, start};
+use gpusiem_tests::delivery::{assert_balanced, dead_letters, findings, settled, start};
 use gpusiem_tests::fakes::loki::{FakeLoki, Reply};
 use gpusiem_tests::fakes::{any_port, wait_until};
 
@@ -31,13 +31,22 @@ async fn push_contract(encoding: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let run = start(&config(&loki.url(), encoding), dir.path(), Clock::Wall).await;
     let mut batch = findings(40, "gpu_memory_spike", "shop", Severity::High);
-    batch.extend(findings(10, "miner_fingerprint", "research", Severity::Critical));
+    batch.extend(findings(
+        10,
+        "miner_fingerprint",
+        "research",
+        Severity::Critical,
+    ));
     // Hostile and oversized values stay out of labels and under the line limit.
     batch[0].pod = Some("<!channel> \"}{evil=\"1".into());
     batch[1].evidence = serde_json::json!({"blob": "x".repeat(400_000)});
     batch[2].namespace = None;
     run.delivery.enqueue(&batch).await.expect("enqueue");
-    assert!(wait_until(WAIT, || loki.stored_entries() == 50).await, "stored {}", loki.stored_entries());
+    assert!(
+        wait_until(WAIT, || loki.stored_entries() == 50).await,
+        "stored {}",
+        loki.stored_entries()
+    );
 
     let pushes = loki.pushes();
     let allowed: BTreeSet<&str> = ["source", "severity", "detector", "namespace"].into();
@@ -45,16 +54,24 @@ async fn push_contract(encoding: &str) {
         assert_eq!(p.status, 204);
         assert_eq!(p.tenant.as_deref(), Some("gpu-platform"));
         assert!(p.string_timestamps);
-        assert!(p.content_type.starts_with(if encoding == "json" { "application/json" } else { "application/x-protobuf" }));
+        assert!(p.content_type.starts_with(if encoding == "json" {
+            "application/json"
+        } else {
+            "application/x-protobuf"
+        }));
         for (labels, entry) in p.entries() {
-            assert!(labels.keys().all(|k| allowed.contains(k.as_str())), "{labels:?}");
+            assert!(
+                labels.keys().all(|k| allowed.contains(k.as_str())),
+                "{labels:?}"
+            );
             assert_eq!(labels["source"], "gpusiem");
             assert!(entry.line.len() <= 256 * 1024);
             assert!(entry.metadata.contains_key("finding_id"));
         }
     }
     // Each entry: event time, the finding as the line, pod and GPU in structured metadata.
-    let by_id: std::collections::HashMap<&str, &gpusiem_detect::Finding> = batch.iter().map(|f| (f.id.as_str(), f)).collect();
+    let by_id: std::collections::HashMap<&str, &gpusiem_detect::Finding> =
+        batch.iter().map(|f| (f.id.as_str(), f)).collect();
     let mut seen = 0;
     for p in &pushes {
         for (labels, e) in p.entries() {
@@ -69,7 +86,7 @@ async fn push_contract(encoding: &str) {
         }
     }
     assert_eq!(seen, 50);
-    let a = run.metrics.accounting("sink:loki");
+    let a = settled(&run, "sink:loki").await;
     assert_eq!((a.received, a.delivered, a.queued), (50, 50, 0));
     assert_balanced(&run).await;
 }
@@ -87,13 +104,23 @@ async fn protobuf_snappy_push_carries_the_same_streams() {
 #[tokio::test]
 async fn rate_limits_and_server_errors_are_retried_with_backoff() {
     let loki = FakeLoki::start(any_port()).await;
-    loki.script.push([Reply::rate_limited(), Reply::Status(500, "internal".into()), Reply::Status(503, "unavailable".into())]);
+    loki.script.push([
+        Reply::rate_limited(),
+        Reply::Status(500, "internal".into()),
+        Reply::Status(503, "unavailable".into()),
+    ]);
     let dir = tempfile::tempdir().expect("tmp");
     let run = start(&config(&loki.url(), "json"), dir.path(), Clock::Wall).await;
-    run.delivery.enqueue(&findings(5, "gpu_memory_spike", "shop", Severity::High)).await.expect("enqueue");
+    run.delivery
+        .enqueue(&findings(5, "gpu_memory_spike", "shop", Severity::High))
+        .await
+        .expect("enqueue");
     assert!(wait_until(WAIT, || loki.stored_entries() == 5).await);
     let pushes = loki.pushes();
-    assert_eq!(pushes.iter().map(|p| p.status).collect::<Vec<_>>(), [429, 500, 503, 204]);
+    assert_eq!(
+        pushes.iter().map(|p| p.status).collect::<Vec<_>>(),
+        [429, 500, 503, 204]
+    );
     // The same entries every time (event-time timestamps: Loki de-duplicates a re-send).
     for p in &pushes[1..] {
         assert_eq!(p.streams, pushes[0].streams);
@@ -103,8 +130,11 @@ async fn rate_limits_and_server_errors_are_retried_with_backoff() {
     for (gap, base) in gaps.iter().zip([50u64, 100, 200]) {
         assert!(*gap >= Duration::from_millis(base * 3 / 4), "{gaps:?}");
     }
-    let a = run.metrics.accounting("sink:loki");
-    assert_eq!((a.delivered, a.retries, a.dead_lettered, a.dropped), (5, 3, 0, 0));
+    let a = settled(&run, "sink:loki").await;
+    assert_eq!(
+        (a.delivered, a.retries, a.dead_lettered, a.dropped),
+        (5, 3, 0, 0)
+    );
     assert_balanced(&run).await;
 }
 
@@ -113,19 +143,42 @@ async fn refused_once(reply: Reply, why: &str) {
     loki.script.push([reply]);
     let dir = tempfile::tempdir().expect("tmp");
     let run = start(&config(&loki.url(), "json"), dir.path(), Clock::Wall).await;
-    run.delivery.enqueue(&findings(5, "gpu_memory_spike", "shop", Severity::High)).await.expect("enqueue");
-    assert!(wait_until(WAIT, || run.metrics.accounting("sink:loki").dead_lettered == 5).await);
+    run.delivery
+        .enqueue(&findings(5, "gpu_memory_spike", "shop", Severity::High))
+        .await
+        .expect("enqueue");
+    assert!(
+        wait_until(WAIT, || run.metrics.accounting("sink:loki").dead_lettered
+            == 5)
+        .await
+    );
     // Later findings still go through.
-    run.delivery.enqueue(&findings(3, "miner_fingerprint", "research", Severity::High)).await.expect("enqueue");
+    run.delivery
+        .enqueue(&findings(
+            3,
+            "miner_fingerprint",
+            "research",
+            Severity::High,
+        ))
+        .await
+        .expect("enqueue");
     assert!(wait_until(WAIT, || loki.stored_entries() == 3).await);
     let pushes = loki.pushes();
     assert_eq!(pushes.len(), 2, "the refused batch is sent exactly once");
     let dead = dead_letters(dir.path(), "sink:loki");
     assert_eq!(dead.len(), 5);
-    assert!(dead.iter().all(|d| d["reason"] == "rejected" && d["detail"].as_str().is_some_and(|s| s.contains(why))), "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|d| d["reason"] == "rejected"
+                && d["detail"].as_str().is_some_and(|s| s.contains(why))),
+        "{dead:?}"
+    );
     assert!(dead[0]["item"]["id"].is_string());
-    let a = run.metrics.accounting("sink:loki");
-    assert_eq!((a.received, a.delivered, a.dead_lettered, a.retries), (8, 3, 5, 0));
+    let a = settled(&run, "sink:loki").await;
+    assert_eq!(
+        (a.received, a.delivered, a.dead_lettered, a.retries),
+        (8, 3, 5, 0)
+    );
     assert_balanced(&run).await;
 }
 
@@ -136,7 +189,11 @@ async fn out_of_order_400_is_dead_lettered_not_retried() {
 
 #[tokio::test]
 async fn too_far_behind_400_is_dead_lettered_not_retried() {
-    refused_once(Reply::Status(400, gpusiem_tests::fakes::loki::TOO_FAR_BEHIND.into()), "too far behind").await;
+    refused_once(
+        Reply::Status(400, gpusiem_tests::fakes::loki::TOO_FAR_BEHIND.into()),
+        "too far behind",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1583,4 +1583,31 @@ mod tests {
                 && !is_secret("security.protocol")
         );
     }
+
+    #[test]
+    fn secured_clusters_and_zstd_topics_are_supported() {
+        let topics = KafkaTopics {
+            falco_events: Some("falco".into()),
+            ..KafkaTopics::default()
+        };
+        let mut c = KafkaSourceConfig::new("127.0.0.1:9", "gpusiem", topics);
+        c.properties = [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "gpusiem"),
+            ("sasl.password", "secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert!(c.validate().is_ok());
+        // librdkafka refuses these settings when it was built without OpenSSL or zstd.
+        let consumer: std::result::Result<BaseConsumer, _> = c.client_config().create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+        let mut zstd = ClientConfig::new();
+        zstd.set("bootstrap.servers", "127.0.0.1:9")
+            .set("compression.codec", "zstd");
+        let producer: std::result::Result<rdkafka::producer::BaseProducer, _> = zstd.create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
 }
