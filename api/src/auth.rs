@@ -107,16 +107,25 @@ impl AuthConfig {
             } else if !names.insert(t.name.as_str()) {
                 p.push(format!("{at}.name"), "duplicate token name");
             } else if t.name == ANONYMOUS || t.name.starts_with(CERT_PREFIX) {
-                p.push(format!("{at}.name"), "`anonymous` and names starting with `cert:` are reserved");
+                p.push(
+                    format!("{at}.name"),
+                    "`anonymous` and names starting with `cert:` are reserved",
+                );
             }
             if t.token_file.is_some() == t.token_env.is_some() {
                 p.push(at.clone(), "set exactly one of token_file and token_env");
             }
             if t.scopes.is_empty() {
-                p.push(format!("{at}.scopes"), "at least one of read, query, ingest, admin");
+                p.push(
+                    format!("{at}.scopes"),
+                    "at least one of read, query, ingest, admin",
+                );
             }
             if t.namespaces.as_ref().is_some_and(Vec::is_empty) {
-                p.push(format!("{at}.namespaces"), "an empty list would hide everything; omit it for every namespace");
+                p.push(
+                    format!("{at}.namespaces"),
+                    "an empty list would hide everything; omit it for every namespace",
+                );
             }
         }
     }
@@ -161,11 +170,21 @@ pub struct Principal {
 impl Principal {
     /// The principal of loopback-only mode: every scope, every namespace.
     pub fn anonymous() -> Principal {
-        Principal { name: Arc::from(ANONYMOUS), scopes: 0x0f, namespaces: None, method: AuthMethod::Anonymous }
+        Principal {
+            name: Arc::from(ANONYMOUS),
+            scopes: 0x0f,
+            namespaces: None,
+            method: AuthMethod::Anonymous,
+        }
     }
 
     /// A principal with the given scopes and namespaces (`None` = every namespace).
-    pub fn new(name: &str, scopes: &[Scope], namespaces: Option<Vec<String>>, method: AuthMethod) -> Principal {
+    pub fn new(
+        name: &str,
+        scopes: &[Scope],
+        namespaces: Option<Vec<String>>,
+        method: AuthMethod,
+    ) -> Principal {
         Principal {
             name: Arc::from(name),
             scopes: scopes.iter().fold(0, |acc, s| acc | s.bit()),
@@ -246,7 +265,16 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("tokens", &self.tokens.iter().map(|t| t.principal.name()).collect::<Vec<_>>()).finish()
+        f.debug_struct("Authenticator")
+            .field(
+                "tokens",
+                &self
+                    .tokens
+                    .iter()
+                    .map(|t| t.principal.name())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
     }
 }
 
@@ -270,7 +298,10 @@ impl Authenticator {
                 }
             };
             if secret.expose().len() < MIN_TOKEN_BYTES {
-                p.push(at, format!("the token must be at least {MIN_TOKEN_BYTES} bytes"));
+                p.push(
+                    at,
+                    format!("the token must be at least {MIN_TOKEN_BYTES} bytes"),
+                );
                 continue;
             }
             let d = digest(secret.expose().as_bytes());
@@ -278,9 +309,21 @@ impl Authenticator {
                 p.push(at, "the same token is configured twice");
                 continue;
             }
-            tokens.push(LoadedToken { digest: d, principal: Principal::new(&t.name, &t.scopes, t.namespaces.clone(), AuthMethod::Token) });
+            tokens.push(LoadedToken {
+                digest: d,
+                principal: Principal::new(
+                    &t.name,
+                    &t.scopes,
+                    t.namespaces.clone(),
+                    AuthMethod::Token,
+                ),
+            });
         }
-        if p.0.is_empty() { Ok(Authenticator { tokens }) } else { Err(p.0) }
+        if p.0.is_empty() {
+            Ok(Authenticator { tokens })
+        } else {
+            Err(p.0)
+        }
     }
 
     /// An authenticator with no tokens (loopback-only mode).
@@ -295,7 +338,11 @@ impl Authenticator {
 
     /// Who sent a request with this `Authorization` header value and this verified client
     /// certificate (DER of the leaf, when the TLS layer verified one).
-    pub fn authenticate(&self, authorization: Option<&[u8]>, client_cert: Option<&[u8]>) -> Result<Principal, AuthFailure> {
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        client_cert: Option<&[u8]>,
+    ) -> Result<Principal, AuthFailure> {
         if self.tokens.is_empty() {
             return Ok(Principal::anonymous());
         }
@@ -307,7 +354,12 @@ impl Authenticator {
             None => match client_cert {
                 Some(der) => {
                     let fp = hex::encode(&Sha256::digest(der)[..8]);
-                    Ok(Principal::new(&format!("{CERT_PREFIX}{fp}"), &[Scope::Ingest], None, AuthMethod::Certificate))
+                    Ok(Principal::new(
+                        &format!("{CERT_PREFIX}{fp}"),
+                        &[Scope::Ingest],
+                        None,
+                        AuthMethod::Certificate,
+                    ))
                 }
                 None => Err(AuthFailure::Missing),
             },
@@ -325,7 +377,11 @@ impl Authenticator {
             index.conditional_assign(&(i as u32), eq);
             found |= eq;
         }
-        if bool::from(found) { self.tokens.get(index as usize).map(|t| t.principal.clone()) } else { None }
+        if bool::from(found) {
+            self.tokens.get(index as usize).map(|t| t.principal.clone())
+        } else {
+            None
+        }
     }
 }
 
@@ -378,38 +434,78 @@ mod tests {
         let c = token_files(
             dir.path(),
             &[
-                ("analyst", "analyst-token-0123456789", &[Scope::Read, Scope::Query], Some(&["shop"])),
+                (
+                    "analyst",
+                    "analyst-token-0123456789",
+                    &[Scope::Read, Scope::Query],
+                    Some(&["shop"]),
+                ),
                 ("falco", "falco-token-0123456789ab", &[Scope::Ingest], None),
             ],
         );
         let a = Authenticator::load(&c).expect("load");
         assert!(a.requires_credentials());
-        let p = a.authenticate(Some(b"Bearer analyst-token-0123456789"), None).expect("analyst");
+        let p = a
+            .authenticate(Some(b"Bearer analyst-token-0123456789"), None)
+            .expect("analyst");
         assert_eq!(p.name(), "analyst");
-        assert!(p.has(Scope::Read) && p.has(Scope::Query) && !p.has(Scope::Ingest) && !p.has(Scope::Admin));
+        assert!(
+            p.has(Scope::Read)
+                && p.has(Scope::Query)
+                && !p.has(Scope::Ingest)
+                && !p.has(Scope::Admin)
+        );
         assert_eq!(p.namespace_scope().0, Some(vec!["shop".to_string()]));
         assert!(p.may_see(Some("shop")) && !p.may_see(Some("research")) && !p.may_see(None));
-        let f = a.authenticate(Some(b"bearer   falco-token-0123456789ab "), None).expect("scheme is case-insensitive");
+        let f = a
+            .authenticate(Some(b"bearer   falco-token-0123456789ab "), None)
+            .expect("scheme is case-insensitive");
         assert_eq!(f.name(), "falco");
         assert_eq!(f.scopes(), vec![Scope::Ingest]);
-        assert_eq!(a.authenticate(Some(b"Bearer analyst-token-012345678"), None).err(), Some(AuthFailure::Invalid));
-        assert_eq!(a.authenticate(Some(b"Bearer analyst-token-01234567899"), None).err(), Some(AuthFailure::Invalid));
-        assert_eq!(a.authenticate(Some(b"Basic YW5hbHlzdDp4"), None).err(), Some(AuthFailure::Invalid));
-        assert_eq!(a.authenticate(Some(b"Bearer "), None).err(), Some(AuthFailure::Invalid));
+        assert_eq!(
+            a.authenticate(Some(b"Bearer analyst-token-012345678"), None)
+                .err(),
+            Some(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            a.authenticate(Some(b"Bearer analyst-token-01234567899"), None)
+                .err(),
+            Some(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            a.authenticate(Some(b"Basic YW5hbHlzdDp4"), None).err(),
+            Some(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            a.authenticate(Some(b"Bearer "), None).err(),
+            Some(AuthFailure::Invalid)
+        );
         assert_eq!(a.authenticate(None, None).err(), Some(AuthFailure::Missing));
     }
 
     #[test]
     fn a_verified_certificate_is_an_ingest_principal_unless_a_token_is_sent() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = token_files(dir.path(), &[("analyst", "analyst-token-0123456789", &[Scope::Read], None)]);
+        let c = token_files(
+            dir.path(),
+            &[("analyst", "analyst-token-0123456789", &[Scope::Read], None)],
+        );
         let a = Authenticator::load(&c).expect("load");
-        let p = a.authenticate(None, Some(b"certificate der")).expect("cert");
+        let p = a
+            .authenticate(None, Some(b"certificate der"))
+            .expect("cert");
         assert!(p.name().starts_with(CERT_PREFIX), "{}", p.name());
         assert_eq!(p.scopes(), vec![Scope::Ingest]);
         assert_eq!(p.method(), AuthMethod::Certificate);
         // A wrong token is not rescued by the certificate.
-        assert_eq!(a.authenticate(Some(b"Bearer nope-nope-nope-nope"), Some(b"certificate der")).err(), Some(AuthFailure::Invalid));
+        assert_eq!(
+            a.authenticate(
+                Some(b"Bearer nope-nope-nope-nope"),
+                Some(b"certificate der")
+            )
+            .err(),
+            Some(AuthFailure::Invalid)
+        );
     }
 
     #[test]
@@ -450,14 +546,28 @@ mod tests {
         });
         let errors = Authenticator::load(&c).expect_err("refused");
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["auth.tokens[0]", "auth.tokens[2]", "auth.tokens[3]", "auth.tokens[4]"]);
+        assert_eq!(
+            paths,
+            [
+                "auth.tokens[0]",
+                "auth.tokens[2]",
+                "auth.tokens[3]",
+                "auth.tokens[4]"
+            ]
+        );
         let text = errors.iter().map(ToString::to_string).collect::<String>();
-        assert!(!text.contains("tooshort") && !text.contains("duplicate-token"), "{text}");
+        assert!(
+            !text.contains("tooshort") && !text.contains("duplicate-token"),
+            "{text}"
+        );
     }
 
     #[test]
     fn reserved_names_are_refused() {
-        let c = config(&[("anonymous", "X", &[Scope::Read], None), ("cert:abc", "Y", &[Scope::Read], None)]);
+        let c = config(&[
+            ("anonymous", "X", &[Scope::Read], None),
+            ("cert:abc", "Y", &[Scope::Read], None),
+        ]);
         let mut p = Problems::default();
         c.validate("auth", &mut p);
         assert_eq!(p.0.len(), 2, "{:?}", p.0);

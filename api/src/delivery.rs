@@ -68,7 +68,7 @@ use retry::Backoff;
 use router::{Command, InhibitRule, RouteTree, Router, RouterParts};
 use silences::Silences;
 use sink::SinkTarget;
-use sinks::elasticsearch::{EsAuth, Elasticsearch, IndexMode};
+use sinks::elasticsearch::{Elasticsearch, EsAuth, IndexMode};
 use sinks::loki::{Loki, LokiAuth, LokiEncoding};
 use sinks::webhook::WebhookSink;
 use worker::{Limits, Target, Worker};
@@ -425,7 +425,13 @@ pub struct BufferConfig {
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        BufferConfig { max_bytes: 256 << 20, segment_max_bytes: 16 << 20, when_full: WhenFull::Block, block_timeout_secs: 30, fsync: true }
+        BufferConfig {
+            max_bytes: 256 << 20,
+            segment_max_bytes: 16 << 20,
+            when_full: WhenFull::Block,
+            block_timeout_secs: 30,
+            fsync: true,
+        }
     }
 }
 
@@ -543,11 +549,18 @@ fn tuning(kind: Kind, batch: &BatchConfig, req: &RequestConfig) -> Tuning {
     };
     let initial = Duration::from_millis(req.retry_initial_ms.unwrap_or(initial_ms));
     Tuning {
-        max_items: if matches!(kind, Kind::Notifier) { 1 } else { batch.max_items.unwrap_or(items) },
+        max_items: if matches!(kind, Kind::Notifier) {
+            1
+        } else {
+            batch.max_items.unwrap_or(items)
+        },
         max_bytes: batch.max_bytes.unwrap_or(bytes),
         linger: Duration::from_millis(batch.timeout_ms.unwrap_or(50)),
         timeout: Duration::from_secs(req.timeout_secs.unwrap_or(30)),
-        backoff: Backoff { initial, max: Duration::from_secs(req.retry_max_secs.unwrap_or(max_secs)).max(initial) },
+        backoff: Backoff {
+            initial,
+            max: Duration::from_secs(req.retry_max_secs.unwrap_or(max_secs)).max(initial),
+        },
         max_attempts: req.retry_max_attempts.unwrap_or(0),
     }
 }
@@ -587,24 +600,60 @@ impl NotifierConfig {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-fn validate_name(path: &str, name: &str, seen: &mut BTreeSet<String>, what: &str, p: &mut Problems) {
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        p.push(format!("{path}.name"), "1 to 64 characters: letters, digits, - and _");
+fn validate_name(
+    path: &str,
+    name: &str,
+    seen: &mut BTreeSet<String>,
+    what: &str,
+    p: &mut Problems,
+) {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        p.push(
+            format!("{path}.name"),
+            "1 to 64 characters: letters, digits, - and _",
+        );
     }
     if !seen.insert(name.to_string()) {
-        p.push(format!("{path}.name"), format!("two {what} are named {name:?}; give each a distinct name"));
+        p.push(
+            format!("{path}.name"),
+            format!("two {what} are named {name:?}; give each a distinct name"),
+        );
     }
 }
 
-fn validate_secret(path: &str, key: &str, file: &Option<PathBuf>, env: &Option<String>, required: bool, p: &mut Problems) {
+fn validate_secret(
+    path: &str,
+    key: &str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    required: bool,
+    p: &mut Problems,
+) {
     match (file, env) {
-        (Some(_), Some(_)) => p.push(format!("{path}.{key}_file"), format!("set {key}_file or {key}_env, not both")),
-        (None, None) if required => p.push(format!("{path}.{key}_file"), format!("set {key}_file or {key}_env")),
+        (Some(_), Some(_)) => p.push(
+            format!("{path}.{key}_file"),
+            format!("set {key}_file or {key}_env, not both"),
+        ),
+        (None, None) if required => p.push(
+            format!("{path}.{key}_file"),
+            format!("set {key}_file or {key}_env"),
+        ),
         _ => {}
     }
 }
 
-fn validate_tuning(path: &str, batch: Option<&BatchConfig>, req: &RequestConfig, buffer: &BufferConfig, p: &mut Problems) {
+fn validate_tuning(
+    path: &str,
+    batch: Option<&BatchConfig>,
+    req: &RequestConfig,
+    buffer: &BufferConfig,
+    p: &mut Problems,
+) {
     if let Some(b) = batch {
         if b.max_items == Some(0) {
             p.push(format!("{path}.batch.max_items"), "must be positive");
@@ -617,7 +666,10 @@ fn validate_tuning(path: &str, batch: Option<&BatchConfig>, req: &RequestConfig,
         p.push(format!("{path}.request.timeout_secs"), "must be positive");
     }
     if req.retry_initial_ms == Some(0) {
-        p.push(format!("{path}.request.retry_initial_ms"), "must be positive");
+        p.push(
+            format!("{path}.request.retry_initial_ms"),
+            "must be positive",
+        );
     }
     validate_buffer(&format!("{path}.buffer"), buffer, p);
 }
@@ -627,21 +679,32 @@ fn validate_buffer(path: &str, b: &BufferConfig, p: &mut Problems) {
         p.push(format!("{path}.max_bytes"), "at least 1048576 (1 MiB)");
     }
     if b.segment_max_bytes < (64 << 10) || b.segment_max_bytes > b.max_bytes {
-        p.push(format!("{path}.segment_max_bytes"), "between 65536 and max_bytes");
+        p.push(
+            format!("{path}.segment_max_bytes"),
+            "between 65536 and max_bytes",
+        );
     }
 }
 
 fn valid_index(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with(['-', '_', '+', '.'])
 }
 
 fn validate_group_by(path: &str, list: &[String], p: &mut Problems) {
     for (i, f) in list.iter().enumerate() {
         if f != "..." && !matcher::FIELDS.contains(&f.as_str()) {
-            p.push(format!("{path}[{i}]"), format!("unknown field {f:?}; one of {} or \"...\"", matcher::FIELDS.join(", ")));
+            p.push(
+                format!("{path}[{i}]"),
+                format!(
+                    "unknown field {f:?}; one of {} or \"...\"",
+                    matcher::FIELDS.join(", ")
+                ),
+            );
         }
     }
 }
@@ -657,7 +720,10 @@ fn validate_matchers(path: &str, list: &[String], p: &mut Problems) {
 fn validate_route(path: &str, r: &RouteConfig, notifiers: &BTreeSet<String>, p: &mut Problems) {
     if let Some(rcv) = &r.receiver {
         if !notifiers.contains(rcv) {
-            p.push(format!("{path}.receiver"), format!("no notifier named {rcv:?}"));
+            p.push(
+                format!("{path}.receiver"),
+                format!("no notifier named {rcv:?}"),
+            );
         }
     }
     validate_matchers(&format!("{path}.matchers"), &r.matchers, p);
@@ -673,7 +739,12 @@ fn validate_route(path: &str, r: &RouteConfig, notifiers: &BTreeSet<String>, p: 
 }
 
 /// Validates sinks, notifiers and routing (pure: no files, no network).
-pub fn validate(sinks: &[SinkConfig], notifiers: &[NotifierConfig], routing: &RoutingConfig, p: &mut Problems) {
+pub fn validate(
+    sinks: &[SinkConfig],
+    notifiers: &[NotifierConfig],
+    routing: &RoutingConfig,
+    p: &mut Problems,
+) {
     let mut names = BTreeSet::new();
     for (i, s) in sinks.iter().enumerate() {
         let path = format!("sinks[{i}]");
@@ -682,38 +753,88 @@ pub fn validate(sinks: &[SinkConfig], notifiers: &[NotifierConfig], routing: &Ro
             SinkConfig::Loki(c) => {
                 http::validate_url(&format!("{path}.url"), &c.url, c.allow_loopback, p);
                 if let Some(t) = &c.tenant {
-                    if t.is_empty() || t.len() > 150 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "!-_.*'()".contains(c)) {
-                        p.push(format!("{path}.tenant"), "1 to 150 characters: letters, digits and !-_.*'()");
+                    if t.is_empty()
+                        || t.len() > 150
+                        || !t
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "!-_.*'()".contains(c))
+                    {
+                        p.push(
+                            format!("{path}.tenant"),
+                            "1 to 150 characters: letters, digits and !-_.*'()",
+                        );
                     }
                 }
                 if c.max_line_bytes < 1024 || c.max_line_bytes > 256 * 1024 {
-                    p.push(format!("{path}.max_line_bytes"), "between 1024 and 262144 (Loki's limit)");
+                    p.push(
+                        format!("{path}.max_line_bytes"),
+                        "between 1024 and 262144 (Loki's limit)",
+                    );
                 }
-                validate_secret(&path, "password", &c.password_file, &c.password_env, c.username.is_some(), p);
+                validate_secret(
+                    &path,
+                    "password",
+                    &c.password_file,
+                    &c.password_env,
+                    c.username.is_some(),
+                    p,
+                );
                 if c.username.is_none() && (c.password_file.is_some() || c.password_env.is_some()) {
                     p.push(format!("{path}.username"), "a password needs a username");
                 }
-                validate_secret(&path, "bearer_token", &c.bearer_token_file, &c.bearer_token_env, false, p);
-                if c.username.is_some() && (c.bearer_token_file.is_some() || c.bearer_token_env.is_some()) {
-                    p.push(format!("{path}.bearer_token_file"), "use basic auth or a bearer token, not both");
+                validate_secret(
+                    &path,
+                    "bearer_token",
+                    &c.bearer_token_file,
+                    &c.bearer_token_env,
+                    false,
+                    p,
+                );
+                if c.username.is_some()
+                    && (c.bearer_token_file.is_some() || c.bearer_token_env.is_some())
+                {
+                    p.push(
+                        format!("{path}.bearer_token_file"),
+                        "use basic auth or a bearer token, not both",
+                    );
                 }
                 validate_tuning(&path, Some(&c.batch), &c.request, &c.buffer, p);
             }
             SinkConfig::Elasticsearch(c) => {
                 http::validate_url(&format!("{path}.url"), &c.url, c.allow_loopback, p);
                 if !valid_index(&c.index) {
-                    p.push(format!("{path}.index"), "lower-case letters, digits, - _ . (not first), at most 200 characters");
+                    p.push(
+                        format!("{path}.index"),
+                        "lower-case letters, digits, - _ . (not first), at most 200 characters",
+                    );
                 }
                 validate_secret(&path, "api_key", &c.api_key_file, &c.api_key_env, false, p);
-                validate_secret(&path, "password", &c.password_file, &c.password_env, c.username.is_some(), p);
+                validate_secret(
+                    &path,
+                    "password",
+                    &c.password_file,
+                    &c.password_env,
+                    c.username.is_some(),
+                    p,
+                );
                 if c.username.is_some() && (c.api_key_file.is_some() || c.api_key_env.is_some()) {
-                    p.push(format!("{path}.api_key_file"), "use an API key or basic auth, not both");
+                    p.push(
+                        format!("{path}.api_key_file"),
+                        "use an API key or basic auth, not both",
+                    );
                 }
                 validate_tuning(&path, Some(&c.batch), &c.request, &c.buffer, p);
             }
             SinkConfig::Webhook(c) => {
                 http::validate_url(&format!("{path}.url"), &c.url, c.allow_loopback, p);
-                validate_secret(&path, "bearer_token", &c.bearer_token_file, &c.bearer_token_env, false, p);
+                validate_secret(
+                    &path,
+                    "bearer_token",
+                    &c.bearer_token_file,
+                    &c.bearer_token_env,
+                    false,
+                    p,
+                );
                 validate_tuning(&path, Some(&c.batch), &c.request, &c.buffer, p);
             }
         }
@@ -724,20 +845,41 @@ pub fn validate(sinks: &[SinkConfig], notifiers: &[NotifierConfig], routing: &Ro
         validate_name(&path, n.name(), &mut notifier_names, "notifiers", p);
         match n {
             NotifierConfig::Slack(c) => {
-                validate_secret(&path, "webhook_url", &c.webhook_url_file, &c.webhook_url_env, true, p);
+                validate_secret(
+                    &path,
+                    "webhook_url",
+                    &c.webhook_url_file,
+                    &c.webhook_url_env,
+                    true,
+                    p,
+                );
                 if c.max_findings == 0 {
                     p.push(format!("{path}.max_findings"), "must be positive");
                 }
                 validate_tuning(&path, None, &c.request, &c.buffer, p);
             }
             NotifierConfig::PagerDuty(c) => {
-                validate_secret(&path, "routing_key", &c.routing_key_file, &c.routing_key_env, true, p);
+                validate_secret(
+                    &path,
+                    "routing_key",
+                    &c.routing_key_file,
+                    &c.routing_key_env,
+                    true,
+                    p,
+                );
                 http::validate_url(&format!("{path}.url"), &c.url, c.allow_loopback, p);
                 validate_tuning(&path, None, &c.request, &c.buffer, p);
             }
             NotifierConfig::Webhook(c) => {
                 http::validate_url(&format!("{path}.url"), &c.url, c.allow_loopback, p);
-                validate_secret(&path, "bearer_token", &c.bearer_token_file, &c.bearer_token_env, false, p);
+                validate_secret(
+                    &path,
+                    "bearer_token",
+                    &c.bearer_token_file,
+                    &c.bearer_token_env,
+                    false,
+                    p,
+                );
                 validate_tuning(&path, None, &c.request, &c.buffer, p);
             }
         }
@@ -822,14 +964,24 @@ pub struct Delivery {
 }
 
 fn start_err(target: &str, op: &'static str, reason: impl ToString) -> crate::Error {
-    crate::Error::Delivery { target: target.to_string(), op, reason: reason.to_string() }
+    crate::Error::Delivery {
+        target: target.to_string(),
+        op,
+        reason: reason.to_string(),
+    }
 }
 
-fn secret(target: &str, file: &Option<PathBuf>, env: &Option<String>) -> crate::Result<Option<Secret>> {
+fn secret(
+    target: &str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> crate::Result<Option<Secret>> {
     if file.is_none() && env.is_none() {
         return Ok(None);
     }
-    Secret::load(file.as_deref(), env.as_deref()).map(Some).map_err(|e| start_err(target, "loading a secret", e))
+    Secret::load(file.as_deref(), env.as_deref())
+        .map(Some)
+        .map_err(|e| start_err(target, "loading a secret", e))
 }
 
 fn required(target: &str, s: Option<Secret>) -> crate::Result<Secret> {
@@ -845,7 +997,11 @@ struct Opened {
     dead_letter: Arc<DeadLetter>,
 }
 
-async fn open_queue(cx: &DeliveryContext, label: &str, buffer: &BufferConfig) -> crate::Result<Opened> {
+async fn open_queue(
+    cx: &DeliveryContext,
+    label: &str,
+    buffer: &BufferConfig,
+) -> crate::Result<Opened> {
     let dir = cx.data_dir.join("outbox").join(dir_name(label));
     let m = cx.metrics.target(label);
     let buffer = buffer.clone();
@@ -854,34 +1010,77 @@ async fn open_queue(cx: &DeliveryContext, label: &str, buffer: &BufferConfig) ->
         .map_err(|e| start_err(label, "opening the outbox", e))?
         .map_err(|e| start_err(label, "opening the outbox", e))?;
     if rec.pending > 0 || rec.lost > 0 {
-        tracing::info!(target = label, pending = rec.pending, lost = rec.lost, "outbox recovered");
+        tracing::info!(
+            target = label,
+            pending = rec.pending,
+            lost = rec.lost,
+            "outbox recovered"
+        );
     }
-    let dead_letter = Arc::new(DeadLetter::new(&cx.data_dir.join("dead-letter"), label, dead_letter::DEFAULT_MAX_BYTES));
-    Ok(Opened { queue: Queue { label: label.to_string(), outbox }, dead_letter })
+    let dead_letter = Arc::new(DeadLetter::new(
+        &cx.data_dir.join("dead-letter"),
+        label,
+        dead_letter::DEFAULT_MAX_BYTES,
+    ));
+    Ok(Opened {
+        queue: Queue {
+            label: label.to_string(),
+            outbox,
+        },
+        dead_letter,
+    })
 }
 
-fn spawn_worker<T: Target>(target: T, opened: &Opened, t: Tuning, cx: &DeliveryContext) -> JoinHandle<()> {
+fn spawn_worker<T: Target>(
+    target: T,
+    opened: &Opened,
+    t: Tuning,
+    cx: &DeliveryContext,
+) -> JoinHandle<()> {
     let worker = Worker::new(
         Arc::new(target),
         opened.queue.label.clone(),
         opened.queue.outbox.clone(),
         opened.dead_letter.clone(),
         cx.metrics.target(&opened.queue.label),
-        Limits { max_items: t.max_items, max_bytes: t.max_bytes, linger: t.linger, backoff: t.backoff, max_attempts: t.max_attempts },
+        Limits {
+            max_items: t.max_items,
+            max_bytes: t.max_bytes,
+            linger: t.linger,
+            backoff: t.backoff,
+            max_attempts: t.max_attempts,
+        },
         cx.shutdown.clone(),
     );
     tokio::spawn(worker.run())
 }
 
-fn client(label: &str, t: &Tuning, ca: &Option<PathBuf>, allow_loopback: bool) -> crate::Result<reqwest::Client> {
-    http::client(label, &http::ClientOptions { timeout: t.timeout, ca_file: ca.clone(), allow_loopback })
+fn client(
+    label: &str,
+    t: &Tuning,
+    ca: &Option<PathBuf>,
+    allow_loopback: bool,
+) -> crate::Result<reqwest::Client> {
+    http::client(
+        label,
+        &http::ClientOptions {
+            timeout: t.timeout,
+            ca_file: ca.clone(),
+            allow_loopback,
+        },
+    )
 }
 
 impl Delivery {
     /// Opens every outbox (recovering what they hold), loads secrets, builds clients and
     /// starts a worker per sink and notifier and the router. Fails on an unreadable secret or
     /// outbox; receivers being down is not an error (items wait in the outboxes).
-    pub async fn start(sinks: &[SinkConfig], notifiers: &[NotifierConfig], routing: &RoutingConfig, cx: DeliveryContext) -> crate::Result<Arc<Delivery>> {
+    pub async fn start(
+        sinks: &[SinkConfig],
+        notifiers: &[NotifierConfig],
+        routing: &RoutingConfig,
+        cx: DeliveryContext,
+    ) -> crate::Result<Arc<Delivery>> {
         let mut tasks = Vec::new();
         let mut sink_queues = Vec::new();
         for s in sinks {
@@ -889,24 +1088,54 @@ impl Delivery {
             match s {
                 SinkConfig::Loki(c) => {
                     let t = tuning(Kind::Loki, &c.batch, &c.request);
-                    let auth = match (&c.username, secret(&label, &c.password_file, &c.password_env)?, secret(&label, &c.bearer_token_file, &c.bearer_token_env)?) {
-                        (Some(u), Some(pw), _) => LokiAuth::Basic { username: u.clone(), password: pw },
+                    let auth = match (
+                        &c.username,
+                        secret(&label, &c.password_file, &c.password_env)?,
+                        secret(&label, &c.bearer_token_file, &c.bearer_token_env)?,
+                    ) {
+                        (Some(u), Some(pw), _) => LokiAuth::Basic {
+                            username: u.clone(),
+                            password: pw,
+                        },
                         (_, _, Some(token)) => LokiAuth::Bearer(token),
                         _ => LokiAuth::None,
                     };
-                    let sink = Loki::new(client(&label, &t, &c.ca_file, c.allow_loopback)?, &c.url, c.tenant.clone(), c.encoding, c.max_line_bytes, auth);
+                    let sink = Loki::new(
+                        client(&label, &t, &c.ca_file, c.allow_loopback)?,
+                        &c.url,
+                        c.tenant.clone(),
+                        c.encoding,
+                        c.max_line_bytes,
+                        auth,
+                    );
                     let opened = open_queue(&cx, &label, &c.buffer).await?;
                     tasks.push(spawn_worker(SinkTarget(Arc::new(sink)), &opened, t, &cx));
                     sink_queues.push(opened.queue);
                 }
                 SinkConfig::Elasticsearch(c) => {
                     let t = tuning(Kind::Elasticsearch, &c.batch, &c.request);
-                    let auth = match (secret(&label, &c.api_key_file, &c.api_key_env)?, &c.username) {
+                    let auth = match (
+                        secret(&label, &c.api_key_file, &c.api_key_env)?,
+                        &c.username,
+                    ) {
                         (Some(key), _) => EsAuth::ApiKey(key),
-                        (None, Some(u)) => EsAuth::Basic { username: u.clone(), password: required(&label, secret(&label, &c.password_file, &c.password_env)?)? },
+                        (None, Some(u)) => EsAuth::Basic {
+                            username: u.clone(),
+                            password: required(
+                                &label,
+                                secret(&label, &c.password_file, &c.password_env)?,
+                            )?,
+                        },
                         (None, None) => EsAuth::None,
                     };
-                    let sink = Elasticsearch::new(client(&label, &t, &c.ca_file, c.allow_loopback)?, &c.url, c.index.clone(), c.mode, auth, c.install_template);
+                    let sink = Elasticsearch::new(
+                        client(&label, &t, &c.ca_file, c.allow_loopback)?,
+                        &c.url,
+                        c.index.clone(),
+                        c.mode,
+                        auth,
+                        c.install_template,
+                    );
                     let opened = open_queue(&cx, &label, &c.buffer).await?;
                     tasks.push(spawn_worker(SinkTarget(Arc::new(sink)), &opened, t, &cx));
                     sink_queues.push(opened.queue);
@@ -914,7 +1143,11 @@ impl Delivery {
                 SinkConfig::Webhook(c) => {
                     let t = tuning(Kind::WebhookSink, &c.batch, &c.request);
                     let bearer = secret(&label, &c.bearer_token_file, &c.bearer_token_env)?;
-                    let sink = WebhookSink::new(client(&label, &t, &c.ca_file, c.allow_loopback)?, c.url.clone(), bearer);
+                    let sink = WebhookSink::new(
+                        client(&label, &t, &c.ca_file, c.allow_loopback)?,
+                        c.url.clone(),
+                        bearer,
+                    );
                     let opened = open_queue(&cx, &label, &c.buffer).await?;
                     tasks.push(spawn_worker(SinkTarget(Arc::new(sink)), &opened, t, &cx));
                     sink_queues.push(opened.queue);
@@ -928,21 +1161,47 @@ impl Delivery {
             let opened = match n {
                 NotifierConfig::Slack(c) => {
                     let t = tuning(Kind::Notifier, &BatchConfig::default(), &c.request);
-                    let url = required(&label, secret(&label, &c.webhook_url_file, &c.webhook_url_env)?)?;
+                    let url = required(
+                        &label,
+                        secret(&label, &c.webhook_url_file, &c.webhook_url_env)?,
+                    )?;
                     let mut p = Problems::default();
-                    http::validate_url(&format!("{label}.webhook_url"), url.expose(), c.allow_loopback, &mut p);
+                    http::validate_url(
+                        &format!("{label}.webhook_url"),
+                        url.expose(),
+                        c.allow_loopback,
+                        &mut p,
+                    );
                     if let Some(e) = p.0.first() {
                         return Err(start_err(&label, "checking the webhook URL", &e.message));
                     }
-                    let slack = Slack::new(client(&label, &t, &None, c.allow_loopback)?, url, Duration::from_millis(c.min_interval_ms), c.max_findings);
+                    let slack = Slack::new(
+                        client(&label, &t, &None, c.allow_loopback)?,
+                        url,
+                        Duration::from_millis(c.min_interval_ms),
+                        c.max_findings,
+                    );
                     let opened = open_queue(&cx, &label, &c.buffer).await?;
-                    tasks.push(spawn_worker(NotifierTarget(Arc::new(slack)), &opened, t, &cx));
+                    tasks.push(spawn_worker(
+                        NotifierTarget(Arc::new(slack)),
+                        &opened,
+                        t,
+                        &cx,
+                    ));
                     opened
                 }
                 NotifierConfig::PagerDuty(c) => {
                     let t = tuning(Kind::Notifier, &BatchConfig::default(), &c.request);
-                    let key = required(&label, secret(&label, &c.routing_key_file, &c.routing_key_env)?)?;
-                    let pd = PagerDuty::new(client(&label, &t, &None, c.allow_loopback)?, c.url.clone(), key, c.source.clone());
+                    let key = required(
+                        &label,
+                        secret(&label, &c.routing_key_file, &c.routing_key_env)?,
+                    )?;
+                    let pd = PagerDuty::new(
+                        client(&label, &t, &None, c.allow_loopback)?,
+                        c.url.clone(),
+                        key,
+                        c.source.clone(),
+                    );
                     let opened = open_queue(&cx, &label, &c.buffer).await?;
                     tasks.push(spawn_worker(NotifierTarget(Arc::new(pd)), &opened, t, &cx));
                     opened
@@ -950,7 +1209,12 @@ impl Delivery {
                 NotifierConfig::Webhook(c) => {
                     let t = tuning(Kind::Notifier, &BatchConfig::default(), &c.request);
                     let bearer = secret(&label, &c.bearer_token_file, &c.bearer_token_env)?;
-                    let wh = WebhookNotifier::new(client(&label, &t, &c.ca_file, c.allow_loopback)?, c.url.clone(), c.format, bearer);
+                    let wh = WebhookNotifier::new(
+                        client(&label, &t, &c.ca_file, c.allow_loopback)?,
+                        c.url.clone(),
+                        c.format,
+                        bearer,
+                    );
                     let opened = open_queue(&cx, &label, &c.buffer).await?;
                     tasks.push(spawn_worker(NotifierTarget(Arc::new(wh)), &opened, t, &cx));
                     opened
@@ -960,8 +1224,14 @@ impl Delivery {
             notifier_queues.push(opened.queue);
         }
         let tree = Arc::new(
-            RouteTree::build(routing, notifiers.iter().map(|n| (n.name().to_string(), n.min_severity())).collect())
-                .map_err(|e| start_err("router", "building the routing tree", e))?,
+            RouteTree::build(
+                routing,
+                notifiers
+                    .iter()
+                    .map(|n| (n.name().to_string(), n.min_severity()))
+                    .collect(),
+            )
+            .map_err(|e| start_err("router", "building the routing tree", e))?,
         );
         let silences = Arc::new(Silences::open(&cx.data_dir)?);
         let router = if notifiers.is_empty() {
@@ -985,7 +1255,9 @@ impl Delivery {
                 metrics: cx.metrics.target("router"),
                 max_findings: routing.max_findings_per_alert,
                 send_resolved: routing.send_resolved,
-                alert_ttl: i64::try_from(routing.alert_ttl_secs).unwrap_or(i64::MAX / 1_000_000_000).saturating_mul(1_000_000_000),
+                alert_ttl: i64::try_from(routing.alert_ttl_secs)
+                    .unwrap_or(i64::MAX / 1_000_000_000)
+                    .saturating_mul(1_000_000_000),
             });
             tasks.push(tokio::spawn(router.run(rx, cx.shutdown.clone())));
             Some((opened.queue, tx))
@@ -1019,7 +1291,12 @@ impl Delivery {
 
     /// Every target's label.
     pub fn targets(&self) -> Vec<String> {
-        let mut t: Vec<String> = self.sinks.iter().chain(&self.notifiers).map(|q| q.label.clone()).collect();
+        let mut t: Vec<String> = self
+            .sinks
+            .iter()
+            .chain(&self.notifiers)
+            .map(|q| q.label.clone())
+            .collect();
         if let Some((q, _)) = &self.router {
             t.push(q.label.clone());
         }
@@ -1035,7 +1312,10 @@ impl Delivery {
         }
         let encode = |list: Vec<&Finding>| -> crate::Result<Arc<Vec<Vec<u8>>>> {
             list.into_iter()
-                .map(|f| serde_json::to_vec(f).map_err(|e| start_err("delivery", "encoding a finding", e)))
+                .map(|f| {
+                    serde_json::to_vec(f)
+                        .map_err(|e| start_err("delivery", "encoding a finding", e))
+                })
                 .collect::<crate::Result<Vec<_>>>()
                 .map(Arc::new)
         };
@@ -1043,13 +1323,23 @@ impl Delivery {
         let mut appends = Vec::new();
         for q in &self.sinks {
             let (label, outbox, payloads) = (q.label.clone(), q.outbox.clone(), all.clone());
-            appends.push(Box::pin(async move { (label, outbox.append(payloads).await) }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>);
+            appends.push(
+                Box::pin(async move { (label, outbox.append(payloads).await) })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
+            );
         }
         if let Some((q, _)) = &self.router {
-            let routed: Vec<Vec<u8>> = findings.iter().zip(all.iter()).filter(|(f, _)| !self.tree.route(f).is_empty()).map(|(_, p)| p.clone()).collect();
+            let routed: Vec<Vec<u8>> = findings
+                .iter()
+                .zip(all.iter())
+                .filter(|(f, _)| !self.tree.route(f).is_empty())
+                .map(|(_, p)| p.clone())
+                .collect();
             if !routed.is_empty() {
                 let (label, outbox) = (q.label.clone(), q.outbox.clone());
-                appends.push(Box::pin(async move { (label, outbox.append(Arc::new(routed)).await) }));
+                appends.push(Box::pin(async move {
+                    (label, outbox.append(Arc::new(routed)).await)
+                }));
             }
         }
         for (label, result) in futures::future::join_all(appends).await {
@@ -1062,13 +1352,24 @@ impl Delivery {
     /// (a replay's end). Receivers that stay down keep this waiting, retrying, unless
     /// `request.retry_max_attempts` is set.
     pub async fn drain(&self) -> crate::Result<()> {
-        let queued: u64 = self.sinks.iter().chain(&self.notifiers).map(|q| q.outbox.queued()).sum();
-        tracing::info!(queued, "delivery draining: waiting for every outbox to be delivered or dead-lettered");
+        let queued: u64 = self
+            .sinks
+            .iter()
+            .chain(&self.notifiers)
+            .map(|q| q.outbox.queued())
+            .sum();
+        tracing::info!(
+            queued,
+            "delivery draining: waiting for every outbox to be delivered or dead-lettered"
+        );
         if let Some((q, tx)) = &self.router {
             loop {
                 let (reply, done) = oneshot::channel();
-                tx.send(Command::Drain(reply)).await.map_err(|_| start_err("router", "drain", "the router stopped"))?;
-                done.await.map_err(|_| start_err("router", "drain", "the router stopped"))?;
+                tx.send(Command::Drain(reply))
+                    .await
+                    .map_err(|_| start_err("router", "drain", "the router stopped"))?;
+                done.await
+                    .map_err(|_| start_err("router", "drain", "the router stopped"))?;
                 if q.outbox.queued() == 0 {
                     break;
                 }
@@ -1078,7 +1379,9 @@ impl Delivery {
         }
         for q in self.sinks.iter().chain(&self.notifiers) {
             let mut rx = q.outbox.watch_queued();
-            rx.wait_for(|n| *n == 0).await.map_err(|_| start_err(&q.label, "drain", "the outbox closed"))?;
+            rx.wait_for(|n| *n == 0)
+                .await
+                .map_err(|_| start_err(&q.label, "drain", "the outbox closed"))?;
         }
         for t in self.targets() {
             let a = self.accounting(&t);
@@ -1089,7 +1392,8 @@ impl Delivery {
 
     /// Waits for the workers and the router to stop (after the shutdown token fired).
     pub async fn stopped(&self) {
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             let _ = t.await;
         }

@@ -97,11 +97,26 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) | Error::Rules(_) => ErrorKind::Invalid,
-            Error::Query { kind: "refused", .. } => ErrorKind::Invalid,
-            Error::Query { kind: "timeout" | "resources", .. } => ErrorKind::Limit,
-            Error::File { .. } | Error::Delivery { .. } | Error::PipelineStopped => ErrorKind::Transient,
-            Error::Source { source, .. } if source.kind() == gpusiem_ingest::ErrorKind::Transient => ErrorKind::Transient,
-            Error::Source { .. } | Error::Serve { .. } | Error::Detect(_) | Error::Store { .. } | Error::Query { .. } => ErrorKind::Internal,
+            Error::Query {
+                kind: "refused", ..
+            } => ErrorKind::Invalid,
+            Error::Query {
+                kind: "timeout" | "resources",
+                ..
+            } => ErrorKind::Limit,
+            Error::File { .. } | Error::Delivery { .. } | Error::PipelineStopped => {
+                ErrorKind::Transient
+            }
+            Error::Source { source, .. }
+                if source.kind() == gpusiem_ingest::ErrorKind::Transient =>
+            {
+                ErrorKind::Transient
+            }
+            Error::Source { .. }
+            | Error::Serve { .. }
+            | Error::Detect(_)
+            | Error::Store { .. }
+            | Error::Query { .. } => ErrorKind::Internal,
         }
     }
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use gpusiem::config::Config;
 
 #[derive(Parser)]
-#[command(name = "gpusiem", version, about = "SIEM correlation and anomaly detection for GPU clusters on Kubernetes")]
+#[command(
+    name = "gpusiem",
+    version,
+    about = "SIEM correlation and anomaly detection for GPU clusters on Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -136,7 +140,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .json()
         .init();
     match run(cli) {
@@ -153,7 +159,10 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
     let dir = match &command {
         RulesCommand::Check { dir } | RulesCommand::Test { dir } => dir.clone(),
     };
-    let config = RulesConfig { dirs: vec![dir.clone()], ..RulesConfig::default() };
+    let config = RulesConfig {
+        dirs: vec![dir.clone()],
+        ..RulesConfig::default()
+    };
     let set = match RuleSet::load(&config) {
         Ok(set) => set,
         Err(errors) => {
@@ -164,8 +173,16 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
         }
     };
     if let RulesCommand::Check { .. } = command {
-        let own = set.rules().iter().filter(|r| !r.origin.0.starts_with("builtin:")).count();
-        println!("{}: {own} rules ok ({} with the built-in pack)", dir.display(), set.rules().len());
+        let own = set
+            .rules()
+            .iter()
+            .filter(|r| !r.origin.0.starts_with("builtin:"))
+            .count();
+        println!(
+            "{}: {own} rules ok ({} with the built-in pack)",
+            dir.display(),
+            set.rules().len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mut tests: Vec<(String, String)> = gpusiem_detect::rules::pack::FILES
@@ -176,7 +193,8 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
     collect_tests(&dir, &mut files)?;
     files.sort();
     for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         tests.push((f.display().to_string(), text));
     }
     let (mut passed, mut failed) = (0, 0);
@@ -195,7 +213,11 @@ fn rules(command: RulesCommand) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{passed} rule tests passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn collect_tests(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -203,7 +225,10 @@ fn collect_tests(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Resul
         let path = entry?.path();
         if path.is_dir() {
             collect_tests(&path, out)?;
-        } else if path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".test.yml") || n.to_string_lossy().ends_with(".test.yaml")) {
+        } else if path.file_name().is_some_and(|n| {
+            n.to_string_lossy().ends_with(".test.yml")
+                || n.to_string_lossy().ends_with(".test.yaml")
+        }) {
             out.push(path);
         }
     }
@@ -221,7 +246,12 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 mod bench_query;
 
 /// `gpusiem query`: exit 0 with the rows on stdout, 2 when the query is refused or fails.
-fn query(data: Option<PathBuf>, config: Option<&PathBuf>, format: QueryFormat, sql: &str) -> anyhow::Result<ExitCode> {
+fn query(
+    data: Option<PathBuf>,
+    config: Option<&PathBuf>,
+    format: QueryFormat,
+    sql: &str,
+) -> anyhow::Result<ExitCode> {
     use gpusiem::query::{NamespaceScope, OutputFormat, QueryEngine};
     let config = load_config(config)?;
     let data = data.unwrap_or_else(|| config.server.data_dir.clone());
@@ -252,12 +282,19 @@ fn query(data: Option<PathBuf>, config: Option<&PathBuf>, format: QueryFormat, s
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, listen, data } => {
+        Command::Run {
+            config,
+            listen,
+            data,
+        } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
@@ -279,17 +316,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }
-        Command::Replay { dcgm, falco, audit, config, findings, quarantine } => {
+        Command::Replay {
+            dcgm,
+            falco,
+            audit,
+            config,
+            findings,
+            quarantine,
+        } => {
             let config = load_config(config.as_ref())?;
             let problems = config.validate();
             if !problems.is_empty() {
                 return Err(gpusiem::Error::Config(problems).into());
             }
-            let input = gpusiem::replay::ReplayInput { dcgm, falco, audit, quarantine_dir: quarantine };
+            let input = gpusiem::replay::ReplayInput {
+                dcgm,
+                falco,
+                audit,
+                quarantine_dir: quarantine,
+            };
             let out = runtime()?.block_on(gpusiem::replay::replay(&input, &config))?;
             let mut sink: Box<dyn Write> = match &findings {
                 Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
@@ -297,29 +347,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(sink, "{}", f.to_json()).context("writing findings")?;
             }
             sink.flush().context("writing findings")?;
-            eprintln!("{}", serde_json::to_string(&out.summary).context("summary")?);
+            eprintln!(
+                "{}",
+                serde_json::to_string(&out.summary).context("summary")?
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Query { data, config, format, sql } => query(data, config.as_ref(), format, &sql),
-        Command::Bench { command: BenchCommand::Query(args) } => runtime()?.block_on(bench_query::run(args)),
+        Command::Query {
+            data,
+            config,
+            format,
+            sql,
+        } => query(data, config.as_ref(), format, &sql),
+        Command::Bench {
+            command: BenchCommand::Query(args),
+        } => runtime()?.block_on(bench_query::run(args)),
         Command::Rules { command } => rules(command),
-        Command::Bench { command: BenchCommand::Nab { data, out, score, labels } } => {
+        Command::Bench {
+            command:
+                BenchCommand::Nab {
+                    data,
+                    out,
+                    score,
+                    labels,
+                },
+        } => {
             use gpusiem_detect::nab;
             let config = gpusiem_detect::score::ScorerConfig::default();
             let started = std::time::Instant::now();
             let results = nab::run_corpus(&data, Some(&out), &config)?;
             let rows: usize = results.iter().map(|r| r.scores.len()).sum();
             let secs = started.elapsed().as_secs_f64();
-            println!("{} files, {rows} rows scored in {secs:.2} s ({:.0} rows/s); results under {}", results.len(), rows as f64 / secs, out.display());
+            println!(
+                "{} files, {rows} rows scored in {secs:.2} s ({:.0} rows/s); results under {}",
+                results.len(),
+                rows as f64 / secs,
+                out.display()
+            );
             if score {
-                let labels_path = labels.unwrap_or_else(|| data.join("../labels/combined_windows.json"));
+                let labels_path =
+                    labels.unwrap_or_else(|| data.join("../labels/combined_windows.json"));
                 let labels = nab::read_labels(&labels_path)?;
                 let scores = nab::score_corpus(&results, &labels)?;
-                println!("{:<20} {:>10} {:>10} {:>10} {:>9} {:>9}", "profile", "score", "raw", "threshold", "windows", "FP rows");
-                for (name, p) in [("standard", &scores.standard), ("reward_low_FP_rate", &scores.reward_low_fp), ("reward_low_FN_rate", &scores.reward_low_fn)] {
+                println!(
+                    "{:<20} {:>10} {:>10} {:>10} {:>9} {:>9}",
+                    "profile", "score", "raw", "threshold", "windows", "FP rows"
+                );
+                for (name, p) in [
+                    ("standard", &scores.standard),
+                    ("reward_low_FP_rate", &scores.reward_low_fp),
+                    ("reward_low_FN_rate", &scores.reward_low_fn),
+                ] {
                     println!(
                         "{name:<20} {:>10.2} {:>10.3} {:>10.4} {:>4}/{:<4} {:>9}",
-                        p.normalized, p.raw, p.threshold, p.detected_windows, p.windows, p.false_positive_rows
+                        p.normalized,
+                        p.raw,
+                        p.threshold,
+                        p.detected_windows,
+                        p.windows,
+                        p.false_positive_rows
                     );
                 }
             }

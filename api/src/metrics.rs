@@ -103,12 +103,36 @@ impl Default for ApiMetrics {
 impl ApiMetrics {
     fn register(registry: &mut Registry) -> ApiMetrics {
         let m = ApiMetrics::default();
-        registry.register("gpusiem_api_requests", "API requests by route, method and status", m.requests.clone());
-        registry.register("gpusiem_api_request_duration_seconds", "API request duration by route", m.duration.clone());
-        registry.register("gpusiem_api_auth_failures", "Requests refused with 401 or 403, by reason", m.auth_failures.clone());
-        registry.register("gpusiem_api_audit_failures", "api_audit rows that could not be written", m.audit_failures.clone());
-        registry.register("gpusiem_api_query_rows", "Rows returned by SQL queries", m.query_rows.clone());
-        registry.register("gpusiem_api_queries_in_flight", "SQL queries running now", m.queries_in_flight.clone());
+        registry.register(
+            "gpusiem_api_requests",
+            "API requests by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "gpusiem_api_request_duration_seconds",
+            "API request duration by route",
+            m.duration.clone(),
+        );
+        registry.register(
+            "gpusiem_api_auth_failures",
+            "Requests refused with 401 or 403, by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "gpusiem_api_audit_failures",
+            "api_audit rows that could not be written",
+            m.audit_failures.clone(),
+        );
+        registry.register(
+            "gpusiem_api_query_rows",
+            "Rows returned by SQL queries",
+            m.query_rows.clone(),
+        );
+        registry.register(
+            "gpusiem_api_queries_in_flight",
+            "SQL queries running now",
+            m.queries_in_flight.clone(),
+        );
         m
     }
 }
@@ -140,26 +164,58 @@ impl Metrics {
         let mut registry = Registry::default();
         let ingest = IngestMetrics::register(&mut registry);
         let pipeline = PipelineMetrics::default();
-        registry.register("gpusiem_pipeline_batches", "Batches processed", pipeline.batches.clone());
-        registry.register("gpusiem_pipeline_batch_failures", "Batches not written and not acknowledged", pipeline.batch_failures.clone());
-        registry.register("gpusiem_detect_findings", "Finding emissions by detector, severity and status", pipeline.findings.clone());
-        registry.register("gpusiem_detect_series", "Series with detector state", pipeline.series.clone());
-        registry.register("gpusiem_detect_state_bytes", "Approximate bytes of detector state", pipeline.state_bytes.clone());
-        registry.register("gpusiem_pipeline_watermark_seconds", "Event-time watermark", pipeline.watermark_seconds.clone());
+        registry.register(
+            "gpusiem_pipeline_batches",
+            "Batches processed",
+            pipeline.batches.clone(),
+        );
+        registry.register(
+            "gpusiem_pipeline_batch_failures",
+            "Batches not written and not acknowledged",
+            pipeline.batch_failures.clone(),
+        );
+        registry.register(
+            "gpusiem_detect_findings",
+            "Finding emissions by detector, severity and status",
+            pipeline.findings.clone(),
+        );
+        registry.register(
+            "gpusiem_detect_series",
+            "Series with detector state",
+            pipeline.series.clone(),
+        );
+        registry.register(
+            "gpusiem_detect_state_bytes",
+            "Approximate bytes of detector state",
+            pipeline.state_bytes.clone(),
+        );
+        registry.register(
+            "gpusiem_pipeline_watermark_seconds",
+            "Event-time watermark",
+            pipeline.watermark_seconds.clone(),
+        );
         let api = ApiMetrics::register(&mut registry);
         let delivery = DeliveryMetrics::register(&mut registry);
-        Metrics { registry, ingest, pipeline, api, delivery }
+        Metrics {
+            registry,
+            ingest,
+            pipeline,
+            api,
+            delivery,
+        }
     }
 
     /// Adds the store's figures (`gpusiem_store_*`), read from the store on each scrape.
     pub fn register_store(&mut self, store: std::sync::Arc<crate::store::Store>) {
-        self.registry.register_collector(Box::new(StoreCollector(store)));
+        self.registry
+            .register_collector(Box::new(StoreCollector(store)));
     }
 
     /// Prometheus text (OpenMetrics) of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -175,21 +231,60 @@ struct TableLabels {
 struct StoreCollector(std::sync::Arc<crate::store::Store>);
 
 impl prometheus_client::collector::Collector for StoreCollector {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
         let s = self.0.stats();
         let counters = [
-            ("gpusiem_store_flushed_rows", "Rows flushed to Parquet", s.flushed_rows),
-            ("gpusiem_store_flush_failures", "Failed flushes (rows stay in the WAL)", s.flush_failures),
-            ("gpusiem_store_append_failures", "Appends refused or failed", s.append_failures),
-            ("gpusiem_store_recovered_rows", "Rows recovered from the WAL at open", s.recovered_rows),
-            ("gpusiem_store_wal_skipped_bytes", "WAL bytes skipped at open (torn or corrupt)", s.wal_skipped_bytes),
-            ("gpusiem_store_wal_damaged_segments", "WAL segments found damaged at open", s.wal_damaged_segments),
-            ("gpusiem_store_orphans_removed", "Uncommitted and temporary files removed at open", s.orphans_removed),
-            ("gpusiem_store_compacted_files", "Files replaced by compaction", s.compacted_files),
-            ("gpusiem_store_expired_files", "Files dropped by retention", s.expired_files),
+            (
+                "gpusiem_store_flushed_rows",
+                "Rows flushed to Parquet",
+                s.flushed_rows,
+            ),
+            (
+                "gpusiem_store_flush_failures",
+                "Failed flushes (rows stay in the WAL)",
+                s.flush_failures,
+            ),
+            (
+                "gpusiem_store_append_failures",
+                "Appends refused or failed",
+                s.append_failures,
+            ),
+            (
+                "gpusiem_store_recovered_rows",
+                "Rows recovered from the WAL at open",
+                s.recovered_rows,
+            ),
+            (
+                "gpusiem_store_wal_skipped_bytes",
+                "WAL bytes skipped at open (torn or corrupt)",
+                s.wal_skipped_bytes,
+            ),
+            (
+                "gpusiem_store_wal_damaged_segments",
+                "WAL segments found damaged at open",
+                s.wal_damaged_segments,
+            ),
+            (
+                "gpusiem_store_orphans_removed",
+                "Uncommitted and temporary files removed at open",
+                s.orphans_removed,
+            ),
+            (
+                "gpusiem_store_compacted_files",
+                "Files replaced by compaction",
+                s.compacted_files,
+            ),
+            (
+                "gpusiem_store_expired_files",
+                "Files dropped by retention",
+                s.expired_files,
+            ),
         ];
         for (name, help, value) in counters {
             let c = ConstCounter::new(value);
@@ -197,16 +292,43 @@ impl prometheus_client::collector::Collector for StoreCollector {
         }
         let tables = self.0.table_stats();
         let gauges: [(&str, &str, fn(&crate::store::TableStats) -> i64); 5] = [
-            ("gpusiem_store_files", "Visible Parquet files by table", |t| i64::try_from(t.files).unwrap_or(i64::MAX)),
-            ("gpusiem_store_file_bytes", "Bytes of visible Parquet files by table", |t| i64::try_from(t.file_bytes).unwrap_or(i64::MAX)),
-            ("gpusiem_store_file_rows", "Rows in visible Parquet files by table", |t| i64::try_from(t.file_rows).unwrap_or(i64::MAX)),
-            ("gpusiem_store_tail_rows", "Rows in the in-memory tail (and WAL) by table", |t| i64::try_from(t.tail_rows).unwrap_or(i64::MAX)),
-            ("gpusiem_store_tail_bytes", "Approximate bytes of the in-memory tail by table", |t| i64::try_from(t.tail_bytes).unwrap_or(i64::MAX)),
+            (
+                "gpusiem_store_files",
+                "Visible Parquet files by table",
+                |t| i64::try_from(t.files).unwrap_or(i64::MAX),
+            ),
+            (
+                "gpusiem_store_file_bytes",
+                "Bytes of visible Parquet files by table",
+                |t| i64::try_from(t.file_bytes).unwrap_or(i64::MAX),
+            ),
+            (
+                "gpusiem_store_file_rows",
+                "Rows in visible Parquet files by table",
+                |t| i64::try_from(t.file_rows).unwrap_or(i64::MAX),
+            ),
+            (
+                "gpusiem_store_tail_rows",
+                "Rows in the in-memory tail (and WAL) by table",
+                |t| i64::try_from(t.tail_rows).unwrap_or(i64::MAX),
+            ),
+            (
+                "gpusiem_store_tail_bytes",
+                "Approximate bytes of the in-memory tail by table",
+                |t| i64::try_from(t.tail_bytes).unwrap_or(i64::MAX),
+            ),
         ];
         for (name, help, get) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
             for (table, stats) in &tables {
-                let labels = TableLabels { table: table.clone() };
+                let labels = TableLabels {
+                    table: table.clone(),
+                };
                 ConstGauge::new(get(stats)).encode(family.encode_family(&labels)?)?;
             }
         }

@@ -32,9 +32,13 @@ use crate::store::Store;
 /// The detection engine for `config`: inventory matchers, detectors and rules (the built-in
 /// pack plus the configured rule directories).
 pub fn engine(config: &crate::config::Config) -> crate::Result<Engine> {
-    let mut engine = Engine::new(EngineConfig { inventory: config.inventory.clone(), detectors: config.detectors.clone() })
-        .map_err(crate::Error::Detect)?;
-    let set = RuleSet::load(&config.rules).map_err(|e| crate::Error::Rules(e.iter().map(ToString::to_string).collect()))?;
+    let mut engine = Engine::new(EngineConfig {
+        inventory: config.inventory.clone(),
+        detectors: config.detectors.clone(),
+    })
+    .map_err(crate::Error::Detect)?;
+    let set = RuleSet::load(&config.rules)
+        .map_err(|e| crate::Error::Rules(e.iter().map(ToString::to_string).collect()))?;
     engine.set_rules(RuleEngine::new(set, &config.rules));
     Ok(engine)
 }
@@ -66,7 +70,15 @@ impl Pipeline {
         delivery: Option<Arc<Delivery>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Pipeline { engine, reload: None, quarantine, store, delivery, metrics, pods: None }
+        Pipeline {
+            engine,
+            reload: None,
+            quarantine,
+            store,
+            delivery,
+            metrics,
+            pods: None,
+        }
     }
 
     /// Applies the `kubernetes` source's pod changes to the inventory, on the pipeline's own
@@ -82,7 +94,11 @@ impl Pipeline {
     pub fn with_rule_reload(mut self, config: RulesConfig) -> Self {
         if config.reload_interval_secs > 0 && !config.dirs.is_empty() {
             let newest = gpusiem_detect::rules::newest_mtime(&config.dirs);
-            self.reload = Some(RuleReload { config, newest, last_check: std::time::Instant::now() });
+            self.reload = Some(RuleReload {
+                config,
+                newest,
+                last_check: std::time::Instant::now(),
+            });
         }
         self
     }
@@ -121,11 +137,21 @@ impl Pipeline {
     /// Processes one batch; returns the findings it raised. The batch is acknowledged only
     /// when everything was written.
     pub async fn process(&mut self, batch: Batch) -> crate::Result<Vec<Finding>> {
-        let Batch { stream, records, quarantined, origin, ack } = batch;
+        let Batch {
+            stream,
+            records,
+            quarantined,
+            origin,
+            ack,
+        } = batch;
         self.metrics.pipeline.batches.inc();
         let result = async {
             if let Some(q) = &self.quarantine {
-                q.write(&origin, &quarantined).map_err(|e| crate::Error::Store { op: "quarantine", reason: e.to_string() })?;
+                q.write(&origin, &quarantined)
+                    .map_err(|e| crate::Error::Store {
+                        op: "quarantine",
+                        reason: e.to_string(),
+                    })?;
             } else {
                 for r in &quarantined {
                     self.metrics.ingest.record_quarantined(r.stream, r.reason);
@@ -161,16 +187,22 @@ impl Pipeline {
 
     async fn emit(&mut self, findings: &[Finding]) -> crate::Result<()> {
         let m = &self.metrics.pipeline;
-        m.series.set(self.engine.series().iter().map(|(_, n)| *n as i64).sum());
+        m.series
+            .set(self.engine.series().iter().map(|(_, n)| *n as i64).sum());
         m.state_bytes.set(self.engine.state_bytes() as i64);
         if self.engine.watermark() != i64::MIN {
-            m.watermark_seconds.set(self.engine.watermark() / 1_000_000_000);
+            m.watermark_seconds
+                .set(self.engine.watermark() / 1_000_000_000);
         }
         if findings.is_empty() {
             return Ok(());
         }
         for f in findings {
-            let labels = FindingLabels { detector: f.detector.clone(), severity: f.severity.as_str(), status: f.status.as_str() };
+            let labels = FindingLabels {
+                detector: f.detector.clone(),
+                severity: f.severity.as_str(),
+                status: f.status.as_str(),
+            };
             m.findings.get_or_create(&labels).inc();
         }
         if let Some(store) = &self.store {
@@ -184,7 +216,12 @@ impl Pipeline {
 
     /// Runs until the channel closes or `shutdown` fires, ticking the engine every
     /// `tick_every` of wall time at `now - allowed_lateness` when data is idle.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>, shutdown: CancellationToken, allowed_lateness: Duration) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Batch>,
+        shutdown: CancellationToken,
+        allowed_lateness: Duration,
+    ) {
         let tick_every = Duration::from_secs(1);
         let mut ticker = tokio::time::interval(tick_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider, SchemaProvider};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::common::DataFusionError;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::ViewTable;
@@ -105,7 +108,10 @@ impl QueryConfig {
             ("max_rows", self.max_rows as u128),
             ("max_result_bytes", self.max_result_bytes as u128),
             ("max_sql_bytes", self.max_sql_bytes as u128),
-            ("max_function_output_bytes", self.max_function_output_bytes as u128),
+            (
+                "max_function_output_bytes",
+                self.max_function_output_bytes as u128,
+            ),
             ("threads", self.threads as u128),
             ("max_concurrent", self.max_concurrent as u128),
         ];
@@ -186,10 +192,14 @@ pub enum OutputFormat {
 impl QueryOutput {
     /// Writes the rows in `format`.
     pub fn write(&self, format: OutputFormat, out: &mut dyn Write) -> crate::Result<()> {
-        let err = |e: String| crate::Error::Query { kind: "failed", reason: format!("formatting the result: {e}") };
+        let err = |e: String| crate::Error::Query {
+            kind: "failed",
+            reason: format!("formatting the result: {e}"),
+        };
         match format {
             OutputFormat::Table => {
-                let text = arrow::util::pretty::pretty_format_batches(&self.batches).map_err(|e| err(e.to_string()))?;
+                let text = arrow::util::pretty::pretty_format_batches(&self.batches)
+                    .map_err(|e| err(e.to_string()))?;
                 writeln!(out, "{text}").map_err(|e| err(e.to_string()))
             }
             OutputFormat::Json => {
@@ -209,21 +219,40 @@ impl QueryOutput {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 fn write_csv(o: &QueryOutput, out: &mut dyn Write) -> Result<(), Box<dyn std::error::Error>> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
-    let header: Vec<String> = o.schema.fields().iter().map(|f| csv_field(f.name())).collect();
+    let header: Vec<String> = o
+        .schema
+        .fields()
+        .iter()
+        .map(|f| csv_field(f.name()))
+        .collect();
     writeln!(out, "{}", header.join(","))?;
     let opts = FormatOptions::default();
     for b in &o.batches {
-        let fmts = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts)).collect::<Result<Vec<_>, _>>()?;
+        let fmts = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<Vec<_>, _>>()?;
         for row in 0..b.num_rows() {
             let cells: Vec<String> = fmts
                 .iter()
                 .zip(b.columns())
-                .map(|(f, c)| if c.is_null(row) { String::new() } else { csv_field(&f.value(row).to_string()) })
+                .map(|(f, c)| {
+                    if c.is_null(row) {
+                        String::new()
+                    } else {
+                        csv_field(&f.value(row).to_string())
+                    }
+                })
                 .collect();
             writeln!(out, "{}", cells.join(","))?;
         }
@@ -255,12 +284,17 @@ pub struct QueryEngine {
 
 impl std::fmt::Debug for QueryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryEngine").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("QueryEngine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 fn query_err(kind: &'static str, reason: impl Into<String>) -> crate::Error {
-    crate::Error::Query { kind, reason: reason.into() }
+    crate::Error::Query {
+        kind,
+        reason: reason.into(),
+    }
 }
 
 fn df_err(e: &DataFusionError) -> crate::Error {
@@ -278,11 +312,15 @@ impl QueryEngine {
             .build()
             .ok();
         if runtime.is_none() {
-            tracing::warn!("could not start the query runtime; queries run on the caller's runtime");
+            tracing::warn!(
+                "could not start the query runtime; queries run on the caller's runtime"
+            );
         }
         // The disk manager is off: nothing spills, so the memory pool is a limit, not a hint.
         let base_runtime = RuntimeEnvBuilder::new()
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .unwrap_or_else(|_| Arc::new(RuntimeEnv::default()));
         let mut session_config = SessionConfig::new()
@@ -295,9 +333,16 @@ impl QueryEngine {
             o.execution.parquet.pushdown_filters = true;
             o.execution.parquet.reorder_filters = true;
         }
-        let mut builder = SessionStateBuilder::new().with_config(session_config).with_runtime_env(base_runtime.clone()).with_default_features();
+        let mut builder = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(base_runtime.clone())
+            .with_default_features();
         if let Some(fns) = builder.scalar_functions().as_mut() {
-            sandbox::apply_function_policy(fns, &config.deny_functions, config.max_function_output_bytes);
+            sandbox::apply_function_policy(
+                fns,
+                &config.deny_functions,
+                config.max_function_output_bytes,
+            );
         }
         // No table functions (generate_series, range), no CREATE EXTERNAL TABLE factories, no
         // file formats: nothing in a session can name a file.
@@ -329,7 +374,11 @@ impl QueryEngine {
 
     /// As [`Self::sql`], with admin-only tables (`api_audit`) visible too; namespace scoping
     /// still applies to namespaced tables.
-    pub async fn sql_as_admin(&self, sql: &str, scope: &NamespaceScope) -> crate::Result<QueryOutput> {
+    pub async fn sql_as_admin(
+        &self,
+        sql: &str,
+        scope: &NamespaceScope,
+    ) -> crate::Result<QueryOutput> {
         self.run_sql(sql, scope, true).await
     }
 
@@ -340,11 +389,20 @@ impl QueryEngine {
     }
 
     /// As [`Self::dataframe`], admin-only tables included.
-    pub async fn dataframe_as_admin(&self, table: &str, scope: &NamespaceScope) -> crate::Result<DataFrame> {
+    pub async fn dataframe_as_admin(
+        &self,
+        table: &str,
+        scope: &NamespaceScope,
+    ) -> crate::Result<DataFrame> {
         self.scoped_dataframe(table, scope, true).await
     }
 
-    async fn scoped_dataframe(&self, table: &str, scope: &NamespaceScope, admin: bool) -> crate::Result<DataFrame> {
+    async fn scoped_dataframe(
+        &self,
+        table: &str,
+        scope: &NamespaceScope,
+        admin: bool,
+    ) -> crate::Result<DataFrame> {
         let ctx = self.session(scope, admin).await?;
         ctx.table(table).await.map_err(|e| df_err(&e))
     }
@@ -353,12 +411,24 @@ impl QueryEngine {
     pub async fn collect(&self, df: DataFrame) -> crate::Result<QueryOutput> {
         let (max_rows, max_bytes) = (self.config.max_rows, self.config.max_result_bytes);
         let _permit = self.permit().await?;
-        self.run(async move { collect_capped(df, max_rows, max_bytes).await }).await
+        self.run(async move { collect_capped(df, max_rows, max_bytes).await })
+            .await
     }
 
-    async fn run_sql(&self, sql: &str, scope: &NamespaceScope, admin: bool) -> crate::Result<QueryOutput> {
+    async fn run_sql(
+        &self,
+        sql: &str,
+        scope: &NamespaceScope,
+        admin: bool,
+    ) -> crate::Result<QueryOutput> {
         if sql.len() > self.config.max_sql_bytes {
-            return Err(query_err("refused", format!("the SQL text is longer than {} bytes", self.config.max_sql_bytes)));
+            return Err(query_err(
+                "refused",
+                format!(
+                    "the SQL text is longer than {} bytes",
+                    self.config.max_sql_bytes
+                ),
+            ));
         }
         let _permit = self.permit().await?;
         let ctx = self.session(scope, admin).await?;
@@ -366,18 +436,33 @@ impl QueryEngine {
         let (max_rows, max_bytes) = (self.config.max_rows, self.config.max_result_bytes);
         let scoped = !scope.is_all();
         self.run(async move {
-            let plan = ctx.state().create_logical_plan(&sql).await.map_err(|e| df_err(&e))?;
+            let plan = ctx
+                .state()
+                .create_logical_plan(&sql)
+                .await
+                .map_err(|e| df_err(&e))?;
             if scoped && matches!(plan, LogicalPlan::Analyze(_)) {
                 // Its scan metrics count rows before the scope filter: other tenants' volumes.
-                return Err(query_err("refused", "EXPLAIN ANALYZE needs a principal scoped to every namespace"));
+                return Err(query_err(
+                    "refused",
+                    "EXPLAIN ANALYZE needs a principal scoped to every namespace",
+                ));
             }
             SQLOptions::new()
                 .with_allow_ddl(false)
                 .with_allow_dml(false)
                 .with_allow_statements(false)
                 .verify_plan(&plan)
-                .map_err(|e| query_err("refused", format!("only queries are allowed: {}", sandbox::reason(&e))))?;
-            let df = ctx.execute_logical_plan(plan).await.map_err(|e| df_err(&e))?;
+                .map_err(|e| {
+                    query_err(
+                        "refused",
+                        format!("only queries are allowed: {}", sandbox::reason(&e)),
+                    )
+                })?;
+            let df = ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| df_err(&e))?;
             collect_capped(df, max_rows, max_bytes).await
         })
         .await
@@ -388,7 +473,10 @@ impl QueryEngine {
         match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(query_err("failed", "the query engine is shutting down")),
-            Err(_) => Err(query_err("timeout", "too many queries are running; try again")),
+            Err(_) => Err(query_err(
+                "timeout",
+                "too many queries are running; try again",
+            )),
         }
     }
 
@@ -410,7 +498,10 @@ impl QueryEngine {
             Ok(Err(_)) => Err(query_err("failed", "the query was cancelled")),
             Err(_) => {
                 handle.abort();
-                Err(query_err("timeout", format!("the query ran longer than {} s", self.config.timeout_secs)))
+                Err(query_err(
+                    "timeout",
+                    format!("the query ran longer than {} s", self.config.timeout_secs),
+                ))
             }
         }
     }
@@ -418,7 +509,8 @@ impl QueryEngine {
     /// A session whose catalog holds exactly what this principal may see.
     async fn session(&self, scope: &NamespaceScope, admin: bool) -> crate::Result<SessionContext> {
         let schema = Arc::new(MemorySchemaProvider::new());
-        let namespaces: Option<Arc<[String]>> = scope.0.as_ref().map(|v| v.iter().cloned().collect());
+        let namespaces: Option<Arc<[String]>> =
+            scope.0.as_ref().map(|v| v.iter().cloned().collect());
         let mut has_findings = false;
         for info in self.store.tables() {
             let visible = match info.access {
@@ -436,26 +528,48 @@ impl QueryEngine {
                 TableAccess::Unscoped | TableAccess::Admin => None,
             };
             has_findings |= info.name == crate::store::FINDINGS;
-            let table = provider::ScopedTable::new(self.store.clone(), &info.name, info.schema.clone(), filter);
-            schema.register_table(info.name.clone(), Arc::new(table)).map_err(|e| df_err(&e))?;
+            let table = provider::ScopedTable::new(
+                self.store.clone(),
+                &info.name,
+                info.schema.clone(),
+                filter,
+            );
+            schema
+                .register_table(info.name.clone(), Arc::new(table))
+                .map_err(|e| df_err(&e))?;
         }
         let catalog = Arc::new(MemoryCatalogProvider::new());
-        catalog.register_schema("public", schema).map_err(|e| df_err(&e))?;
+        catalog
+            .register_schema("public", schema)
+            .map_err(|e| df_err(&e))?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog("datafusion".to_string(), catalog);
-        let pool = TrackConsumersPool::new(GreedyMemoryPool::new(self.config.memory_limit_bytes), NonZeroUsize::MIN.saturating_add(4));
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(self.config.memory_limit_bytes),
+            NonZeroUsize::MIN.saturating_add(4),
+        );
         let runtime = Arc::new(RuntimeEnv {
             memory_pool: Arc::new(pool),
             disk_manager: self.base_runtime.disk_manager.clone(),
             cache_manager: self.base_runtime.cache_manager.clone(),
             object_store_registry: self.base_runtime.object_store_registry.clone(),
         });
-        let state = SessionStateBuilder::new_from_existing(self.base.clone()).with_catalog_list(catalogs).with_runtime_env(runtime).build();
+        let state = SessionStateBuilder::new_from_existing(self.base.clone())
+            .with_catalog_list(catalogs)
+            .with_runtime_env(runtime)
+            .build();
         let ctx = SessionContext::new_with_state(state);
         if has_findings {
-            let plan = ctx.state().create_logical_plan(FINDINGS_LATEST_SQL).await.map_err(|e| df_err(&e))?;
-            ctx.register_table(FINDINGS_LATEST, Arc::new(ViewTable::new(plan, Some(FINDINGS_LATEST_SQL.to_string()))))
+            let plan = ctx
+                .state()
+                .create_logical_plan(FINDINGS_LATEST_SQL)
+                .await
                 .map_err(|e| df_err(&e))?;
+            ctx.register_table(
+                FINDINGS_LATEST,
+                Arc::new(ViewTable::new(plan, Some(FINDINGS_LATEST_SQL.to_string()))),
+            )
+            .map_err(|e| df_err(&e))?;
         }
         Ok(ctx)
     }
@@ -463,13 +577,30 @@ impl QueryEngine {
 
 /// Bytes a batch holds (its slices, not the buffers it shares).
 fn batch_bytes(b: &RecordBatch) -> usize {
-    b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
+    b.columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
 }
 
-async fn collect_capped(df: DataFrame, max_rows: usize, max_bytes: usize) -> crate::Result<QueryOutput> {
+async fn collect_capped(
+    df: DataFrame,
+    max_rows: usize,
+    max_bytes: usize,
+) -> crate::Result<QueryOutput> {
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(|e| df_err(&e))?;
-    let mut out = QueryOutput { schema, batches: Vec::new(), rows: 0, bytes: 0, truncated: false };
+    let mut out = QueryOutput {
+        schema,
+        batches: Vec::new(),
+        rows: 0,
+        bytes: 0,
+        truncated: false,
+    };
     while let Some(batch) = stream.next().await {
         let mut batch = batch.map_err(|e| df_err(&e))?;
         if batch.num_rows() == 0 {
@@ -516,7 +647,11 @@ mod tests {
         QueryConfig::default().validate("query", &mut p);
         assert!(p.0.is_empty());
         let mut p = Problems::default();
-        QueryConfig { threads: 0, ..QueryConfig::default() }.validate("query", &mut p);
+        QueryConfig {
+            threads: 0,
+            ..QueryConfig::default()
+        }
+        .validate("query", &mut p);
         assert_eq!(p.0[0].path, "query.threads");
     }
 }

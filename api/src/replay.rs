@@ -78,8 +78,15 @@ pub async fn replay(input: &ReplayInput, config: &Config) -> crate::Result<Repla
     let engine = crate::pipeline::engine(config)?;
     let quarantine = match &input.quarantine_dir {
         Some(dir) => Some(
-            QuarantineWriter::open(dir, config.pipeline.quarantine_max_bytes, metrics.ingest.clone())
-                .map_err(|e| crate::Error::Store { op: "quarantine", reason: e.to_string() })?,
+            QuarantineWriter::open(
+                dir,
+                config.pipeline.quarantine_max_bytes,
+                metrics.ingest.clone(),
+            )
+            .map_err(|e| crate::Error::Store {
+                op: "quarantine",
+                reason: e.to_string(),
+            })?,
         ),
         None => None,
     };
@@ -99,7 +106,11 @@ pub async fn replay(input: &ReplayInput, config: &Config) -> crate::Result<Repla
 
     let mut summary = ReplaySummary::default();
     let mut streams = Vec::new();
-    for (stream, path) in [(Stream::K8sAudit, &input.audit), (Stream::FalcoEvents, &input.falco), (Stream::GpuMetrics, &input.dcgm)] {
+    for (stream, path) in [
+        (Stream::K8sAudit, &input.audit),
+        (Stream::FalcoEvents, &input.falco),
+        (Stream::GpuMetrics, &input.dcgm),
+    ] {
         let Some(path) = path else { continue };
         let (sorted, quarantined) = load(stream, path, config)?;
         let rows = sorted.num_rows() as u64;
@@ -120,7 +131,13 @@ pub async fn replay(input: &ReplayInput, config: &Config) -> crate::Result<Repla
             b.quarantined = quarantined;
             pipeline.process(b).await?;
         }
-        streams.push(Cursor { stream, ts: ts_values(&sorted), batch: sorted, pos: 0, origin });
+        streams.push(Cursor {
+            stream,
+            ts: ts_values(&sorted),
+            batch: sorted,
+            pos: 0,
+            origin,
+        });
     }
 
     let mut episodes: HashMap<String, usize> = HashMap::new();
@@ -169,7 +186,11 @@ struct Cursor {
 /// how far its run goes before another stream's next row.
 fn next_slice(streams: &[Cursor]) -> Option<(usize, usize)> {
     let head = |c: &Cursor| c.ts.get(c.pos).copied();
-    let (i, _) = streams.iter().enumerate().filter_map(|(i, c)| head(c).map(|t| (i, t))).min_by_key(|&(i, t)| (t, i))?;
+    let (i, _) = streams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| head(c).map(|t| (i, t)))
+        .min_by_key(|&(i, t)| (t, i))?;
     // The run may take rows up to the next row of any other stream; rows at the same time
     // go to the earlier-loaded stream first.
     let bound = streams
@@ -186,8 +207,16 @@ fn next_slice(streams: &[Cursor]) -> Option<(usize, usize)> {
 }
 
 /// Decodes a file and sorts its rows by event time (stable).
-fn load(stream: Stream, path: &Path, config: &Config) -> crate::Result<(RecordBatch, Vec<decode::Quarantined>)> {
-    let io = |op, source| crate::Error::File { op, path: path.to_path_buf(), source };
+fn load(
+    stream: Stream,
+    path: &Path,
+    config: &Config,
+) -> crate::Result<(RecordBatch, Vec<decode::Quarantined>)> {
+    let io = |op, source| crate::Error::File {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
     let bytes = std::fs::read(path).map_err(|e| io("reading", e))?;
     let mtime = std::fs::metadata(path)
         .and_then(|m| m.modified())
@@ -196,7 +225,10 @@ fn load(stream: Stream, path: &Path, config: &Config) -> crate::Result<(RecordBa
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let mut cx = DecodeContext::new(mtime).with_cluster(config.cluster.as_deref().map(Arc::from));
     cx.max_record_bytes = config.pipeline.max_record_bytes;
-    let decoded = decode::decode(stream, &bytes, &cx).map_err(|source| crate::Error::Source { kind: "replay", source })?;
+    let decoded = decode::decode(stream, &bytes, &cx).map_err(|source| crate::Error::Source {
+        kind: "replay",
+        source,
+    })?;
     let batch = decoded.batch;
     let ts = ts_values(&batch);
     let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
@@ -205,11 +237,18 @@ fn load(stream: Stream, path: &Path, config: &Config) -> crate::Result<(RecordBa
         batch
     } else {
         let indices = UInt32Array::from(order);
-        arrow::compute::take_record_batch(&batch, &indices).map_err(|e| crate::Error::Store { op: "sort", reason: e.to_string() })?
+        arrow::compute::take_record_batch(&batch, &indices).map_err(|e| crate::Error::Store {
+            op: "sort",
+            reason: e.to_string(),
+        })?
     };
     Ok((sorted, decoded.quarantined))
 }
 
 fn ts_values(batch: &RecordBatch) -> Vec<i64> {
-    batch.column(0).as_primitive::<TimestampNanosecondType>().values().to_vec()
+    batch
+        .column(0)
+        .as_primitive::<TimestampNanosecondType>()
+        .values()
+        .to_vec()
 }

@@ -133,8 +133,13 @@ impl QuerySlots {
     /// A slot for `principal`, or `None` when it already runs `limit` queries.
     pub fn try_acquire(&self, principal: &str, limit: usize) -> Option<OwnedSemaphorePermit> {
         let sem = {
-            let mut map = self.per_principal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.entry(principal.to_string()).or_insert_with(|| Arc::new(Semaphore::new(limit.max(1)))).clone()
+            let mut map = self
+                .per_principal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(principal.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
+                .clone()
         };
         sem.try_acquire_owned().ok()
     }
@@ -149,21 +154,38 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// Takes one token of `principal`'s bucket; `Err(seconds)` until one is available.
-    pub fn take(&self, principal: &str, per_second: f64, burst: u32, now: Instant) -> Result<(), u64> {
+    pub fn take(
+        &self,
+        principal: &str,
+        per_second: f64,
+        burst: u32,
+        now: Instant,
+    ) -> Result<(), u64> {
         self.take_key(format!("p:{principal}"), per_second, burst, now)
     }
 
     /// Takes one token of the bucket of unauthenticated requests from `address`.
-    pub fn take_unauthenticated(&self, address: &str, per_second: f64, burst: u32, now: Instant) -> Result<(), u64> {
+    pub fn take_unauthenticated(
+        &self,
+        address: &str,
+        per_second: f64,
+        burst: u32,
+        now: Instant,
+    ) -> Result<(), u64> {
         self.take_key(format!("a:{address}"), per_second, burst, now)
     }
 
     fn take_key(&self, key: String, per_second: f64, burst: u32, now: Instant) -> Result<(), u64> {
         let burst = f64::from(burst.max(1));
-        let mut map = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Bound the map: forget buckets that are full again (they behave like new ones).
         if map.len() > 10_000 {
-            map.retain(|_, (tokens, at)| *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_second < burst);
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_second < burst
+            });
         }
         let (tokens, at) = map.entry(key).or_insert((burst, now));
         let refill = now.saturating_duration_since(*at).as_secs_f64() * per_second;
@@ -220,8 +242,20 @@ fn add(
 fn api_routes() -> (Router<AppState>, Vec<RouteKey>) {
     let mut seen = Vec::new();
     let r = Router::new();
-    let r = add(r, &mut seen, Method::GET, FINDINGS_PATH, get(findings::list));
-    let r = add(r, &mut seen, Method::GET, FINDING_PATH, get(findings::get_one));
+    let r = add(
+        r,
+        &mut seen,
+        Method::GET,
+        FINDINGS_PATH,
+        get(findings::list),
+    );
+    let r = add(
+        r,
+        &mut seen,
+        Method::GET,
+        FINDING_PATH,
+        get(findings::get_one),
+    );
     let r = add(r, &mut seen, Method::POST, QUERY_PATH, post(query::run));
     let r = add(r, &mut seen, Method::GET, OPENAPI_PATH, get(openapi::serve));
     let r = add(r, &mut seen, Method::GET, METRICS_PATH, get(metrics));
@@ -243,24 +277,39 @@ pub fn router(state: AppState, receivers: &HttpReceivers, silences: Option<Route
     let limits = state.limits.clone();
     let (api, _) = api_routes();
     let api = api
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.api_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.api_timeout,
+        ))
         .layer(RequestBodyLimitLayer::new(limits.max_api_body_bytes))
         .layer(DefaultBodyLimit::max(limits.max_api_body_bytes))
         .with_state(state.clone());
     let ingest = receivers
         .router()
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.ingest_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.ingest_timeout,
+        ))
         .layer(RequestBodyLimitLayer::new(limits.max_ingest_body_bytes));
     let mut guarded = api.merge(ingest);
     if let Some(extra) = silences {
         let extra = extra
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.api_timeout))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                limits.api_timeout,
+            ))
             .layer(RequestBodyLimitLayer::new(limits.max_api_body_bytes))
             .layer(DefaultBodyLimit::max(limits.max_api_body_bytes));
         guarded = guarded.nest(SILENCES_PREFIX, extra);
     }
-    let guarded = guarded.fallback(not_found).layer(axum::middleware::from_fn_with_state(state.clone(), access));
-    Router::new().route(HEALTHZ_PATH, get(healthz)).route(READYZ_PATH, get(readyz)).with_state(state).merge(guarded)
+    let guarded = guarded
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access));
+    Router::new()
+        .route(HEALTHZ_PATH, get(healthz))
+        .route(READYZ_PATH, get(readyz))
+        .with_state(state)
+        .merge(guarded)
 }
 
 /// A JSON error answer: `{"error": message}` plus what the audit should record. Not an error
@@ -279,7 +328,14 @@ impl ErrorReply {
     /// An error with `status` and `message`; the reason recorded is the message.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ErrorReply {
         let message = message.into();
-        ErrorReply { status, note: AuditNote { reason: Some(message.clone()), ..AuditNote::default() }, message }
+        ErrorReply {
+            status,
+            note: AuditNote {
+                reason: Some(message.clone()),
+                ..AuditNote::default()
+            },
+            message,
+        }
     }
 
     /// Sets the audit outcome.
@@ -298,16 +354,31 @@ impl ErrorReply {
 impl From<crate::Error> for ErrorReply {
     fn from(e: crate::Error) -> ErrorReply {
         match &e {
-            crate::Error::Query { kind: "refused", reason } => {
-                ErrorReply::new(StatusCode::BAD_REQUEST, format!("refused: {reason}")).outcome("refused")
-            }
-            crate::Error::Query { kind: "timeout", reason } => {
-                ErrorReply::new(StatusCode::UNPROCESSABLE_ENTITY, format!("query timed out: {reason}")).outcome("timeout")
-            }
-            crate::Error::Query { kind: "resources", reason } => {
-                ErrorReply::new(StatusCode::UNPROCESSABLE_ENTITY, format!("query exceeded its resources: {reason}")).outcome("limited")
-            }
-            crate::Error::Query { kind: "internal", reason } => {
+            crate::Error::Query {
+                kind: "refused",
+                reason,
+            } => ErrorReply::new(StatusCode::BAD_REQUEST, format!("refused: {reason}"))
+                .outcome("refused"),
+            crate::Error::Query {
+                kind: "timeout",
+                reason,
+            } => ErrorReply::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("query timed out: {reason}"),
+            )
+            .outcome("timeout"),
+            crate::Error::Query {
+                kind: "resources",
+                reason,
+            } => ErrorReply::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("query exceeded its resources: {reason}"),
+            )
+            .outcome("limited"),
+            crate::Error::Query {
+                kind: "internal",
+                reason,
+            } => {
                 tracing::error!(reason = %reason, "internal query failed");
                 let mut err = ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
                 err.note.reason = Some(reason.clone());
@@ -320,7 +391,9 @@ impl From<crate::Error> for ErrorReply {
             other => {
                 tracing::error!(error = %other, "request failed");
                 let mut err = match other.kind() {
-                    crate::error::ErrorKind::Transient => ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable"),
+                    crate::error::ErrorKind::Transient => {
+                        ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
+                    }
                     _ => ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
                 };
                 err.note.reason = Some(other.to_string());
@@ -332,9 +405,16 @@ impl From<crate::Error> for ErrorReply {
 
 impl IntoResponse for ErrorReply {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, axum::Json(serde_json::json!({ "error": self.message }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut resp = (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp.extensions_mut().insert(self.note);
         resp
@@ -351,7 +431,10 @@ fn unauthenticated(failure: AuthFailure) -> Response {
         AuthFailure::Invalid => "Bearer realm=\"gpusiem\", error=\"invalid_token\"",
     };
     let mut resp = ErrorReply::new(StatusCode::UNAUTHORIZED, failure.as_str()).into_response();
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
     resp
 }
 
@@ -359,13 +442,26 @@ fn unauthenticated(failure: AuthFailure) -> Response {
 async fn access(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let ts = gpusiem_ingest::source::now_nanos();
-    let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED, |m| m.as_str()).to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, |m| m.as_str())
+        .to_string();
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(512).collect();
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let remote = peer.map(|p| p.to_string());
-    let cert = req.extensions().get::<Arc<TlsInfo>>().and_then(|t| t.peer_certificates.first().cloned());
-    let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+    let cert = req
+        .extensions()
+        .get::<Arc<TlsInfo>>()
+        .and_then(|t| t.peer_certificates.first().cloned());
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
 
     let mut record = AuditRecord {
         ts,
@@ -377,16 +473,37 @@ async fn access(State(s): State<AppState>, mut req: Request, next: Next) -> Resp
         remote_addr: remote,
         ..AuditRecord::default()
     };
-    let resp = match s.auth.authenticate(authorization.as_deref(), cert.as_deref()) {
+    let resp = match s
+        .auth
+        .authenticate(authorization.as_deref(), cert.as_deref())
+    {
         Err(failure) => {
-            let reason = if failure == AuthFailure::Missing { "missing" } else { "invalid" };
-            s.metrics.api.auth_failures.get_or_create(&ApiReasonLabels { reason }).inc();
+            let reason = if failure == AuthFailure::Missing {
+                "missing"
+            } else {
+                "invalid"
+            };
+            s.metrics
+                .api
+                .auth_failures
+                .get_or_create(&ApiReasonLabels { reason })
+                .inc();
             let address = peer.map_or_else(|| "unknown".to_string(), |p| p.ip().to_string());
-            match s.rate.take_unauthenticated(&address, s.limits.requests_per_second, s.limits.burst, Instant::now()) {
+            match s.rate.take_unauthenticated(
+                &address,
+                s.limits.requests_per_second,
+                s.limits.burst,
+                Instant::now(),
+            ) {
                 Ok(()) => unauthenticated(failure),
                 Err(wait) => {
-                    let mut resp = ErrorReply::new(StatusCode::TOO_MANY_REQUESTS, "too many failed authentications").into_response();
-                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                    let mut resp = ErrorReply::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many failed authentications",
+                    )
+                    .into_response();
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
                     resp
                 }
             }
@@ -397,19 +514,37 @@ async fn access(State(s): State<AppState>, mut req: Request, next: Next) -> Resp
             record.namespaces = principal.namespaces().map(<[String]>::to_vec);
             match required_scope(&route) {
                 Some(scope) if !principal.has(scope) => {
-                    s.metrics.api.auth_failures.get_or_create(&ApiReasonLabels { reason: "scope" }).inc();
-                    ErrorReply::new(StatusCode::FORBIDDEN, format!("this principal lacks the `{}` scope", scope.as_str())).into_response()
+                    s.metrics
+                        .api
+                        .auth_failures
+                        .get_or_create(&ApiReasonLabels { reason: "scope" })
+                        .inc();
+                    ErrorReply::new(
+                        StatusCode::FORBIDDEN,
+                        format!("this principal lacks the `{}` scope", scope.as_str()),
+                    )
+                    .into_response()
                 }
                 scope => {
                     let allowed = if scope == Some(Scope::Ingest) {
                         Ok(())
                     } else {
-                        s.rate.take(principal.name(), s.limits.requests_per_second, s.limits.burst, Instant::now())
+                        s.rate.take(
+                            principal.name(),
+                            s.limits.requests_per_second,
+                            s.limits.burst,
+                            Instant::now(),
+                        )
                     };
                     match allowed {
                         Err(wait) => {
-                            let mut resp = ErrorReply::new(StatusCode::TOO_MANY_REQUESTS, "request rate limit exceeded").into_response();
-                            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                            let mut resp = ErrorReply::new(
+                                StatusCode::TOO_MANY_REQUESTS,
+                                "request rate limit exceeded",
+                            )
+                            .into_response();
+                            resp.headers_mut()
+                                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
                             resp
                         }
                         Ok(()) => {
@@ -422,11 +557,21 @@ async fn access(State(s): State<AppState>, mut req: Request, next: Next) -> Resp
         }
     };
 
-    let (resp, ingest_rows) = if route == FALCO_PATH || route == K8S_AUDIT_PATH { accepted_rows(resp).await } else { (resp, None) };
+    let (resp, ingest_rows) = if route == FALCO_PATH || route == K8S_AUDIT_PATH {
+        accepted_rows(resp).await
+    } else {
+        (resp, None)
+    };
     let status = resp.status();
-    let note = resp.extensions().get::<AuditNote>().cloned().unwrap_or_default();
+    let note = resp
+        .extensions()
+        .get::<AuditNote>()
+        .cloned()
+        .unwrap_or_default();
     record.status = status.as_u16();
-    record.outcome = note.outcome.unwrap_or_else(|| audit::outcome_of(status.as_u16()));
+    record.outcome = note
+        .outcome
+        .unwrap_or_else(|| audit::outcome_of(status.as_u16()));
     record.reason = note.reason;
     record.sql_sha256 = note.sql_sha256;
     record.rows = note.rows.or(ingest_rows);
@@ -444,16 +589,25 @@ async fn access(State(s): State<AppState>, mut req: Request, next: Next) -> Resp
             if route == FALCO_PATH || route == K8S_AUDIT_PATH {
                 resp
             } else {
-                ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "audit unavailable").into_response()
+                ErrorReply::new(StatusCode::SERVICE_UNAVAILABLE, "audit unavailable")
+                    .into_response()
             }
         }
     };
     s.metrics
         .api
         .requests
-        .get_or_create(&ApiRequestLabels { route: route.clone(), method: method.as_str().to_string(), status: resp.status().as_u16() })
+        .get_or_create(&ApiRequestLabels {
+            route: route.clone(),
+            method: method.as_str().to_string(),
+            status: resp.status().as_u16(),
+        })
         .inc();
-    s.metrics.api.duration.get_or_create(&ApiRouteLabels { route }).observe(elapsed.as_secs_f64());
+    s.metrics
+        .api
+        .duration
+        .get_or_create(&ApiRouteLabels { route })
+        .observe(elapsed.as_secs_f64());
     resp
 }
 
@@ -463,10 +617,18 @@ async fn accepted_rows(resp: Response) -> (Response, Option<u64>) {
     let (parts, body) = resp.into_parts();
     match axum::body::to_bytes(body, 1 << 20).await {
         Ok(bytes) => {
-            let rows = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.get("accepted")?.as_u64());
-            (Response::from_parts(parts, axum::body::Body::from(bytes)), rows)
+            let rows = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("accepted")?.as_u64());
+            (
+                Response::from_parts(parts, axum::body::Body::from(bytes)),
+                rows,
+            )
         }
-        Err(_) => (ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(), None),
+        Err(_) => (
+            ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+            None,
+        ),
     }
 }
 
@@ -483,7 +645,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Limits of the HTTP connection layer.
@@ -526,14 +695,25 @@ pub async fn serve(
         shutdown.cancelled().await;
         h.graceful_shutdown(Some(grace));
     });
-    let mut server = axum_server::from_tcp(listener)?.handle(handle).first_request_timeout(limits.header_read_timeout);
-    server.http_builder().http1().header_read_timeout(limits.header_read_timeout).max_buf_size(limits.max_header_bytes.max(8192));
-    server.http_builder().http2().max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let mut server = axum_server::from_tcp(listener)?
+        .handle(handle)
+        .first_request_timeout(limits.header_read_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    server
+        .http_builder()
+        .http2()
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         Some(config) => {
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(axum_server::tls_rustls::RustlsConfig::from_config(config))
-                .handshake_timeout(limits.tls_handshake_timeout);
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )
+            .handshake_timeout(limits.tls_handshake_timeout);
             server.acceptor(acceptor).serve(make).await
         }
         None => server.serve(make).await,
@@ -548,7 +728,11 @@ mod tests {
     fn every_registered_route_but_the_probes_needs_a_scope() {
         for (_, path) in registered_routes() {
             let scope = required_scope(path);
-            assert_eq!(scope.is_none(), path == HEALTHZ_PATH || path == READYZ_PATH, "{path}");
+            assert_eq!(
+                scope.is_none(),
+                path == HEALTHZ_PATH || path == READYZ_PATH,
+                "{path}"
+            );
         }
         assert_eq!(required_scope("/api/v1/silences/{id}"), Some(Scope::Admin));
         assert_eq!(required_scope("/api/v1/silencesx"), None);
@@ -563,9 +747,16 @@ mod tests {
         }
         assert_eq!(r.take("a", 1.0, 3, t0), Err(1), "burst spent");
         assert_eq!(r.take("b", 1.0, 3, t0), Ok(()), "b has its own bucket");
-        assert_eq!(r.take("a", 1.0, 3, t0 + Duration::from_millis(1500)), Ok(()), "refilled");
+        assert_eq!(
+            r.take("a", 1.0, 3, t0 + Duration::from_millis(1500)),
+            Ok(()),
+            "refilled"
+        );
         // Half a token left; at 0.25 tokens/s the next one is 2 s away.
-        assert_eq!(r.take("a", 0.25, 3, t0 + Duration::from_millis(1500)), Err(2));
+        assert_eq!(
+            r.take("a", 0.25, 3, t0 + Duration::from_millis(1500)),
+            Err(2)
+        );
     }
 
     #[test]
@@ -574,7 +765,10 @@ mod tests {
         let a1 = slots.try_acquire("a", 2);
         let a2 = slots.try_acquire("a", 2);
         assert!(a1.is_some() && a2.is_some());
-        assert!(slots.try_acquire("a", 2).is_none(), "third concurrent query of a");
+        assert!(
+            slots.try_acquire("a", 2).is_none(),
+            "third concurrent query of a"
+        );
         assert!(slots.try_acquire("b", 2).is_some(), "b has its own slots");
         drop(a1);
         assert!(slots.try_acquire("a", 2).is_some(), "a slot came back");

@@ -158,9 +158,18 @@ impl StoreConfig {
             ("flush_interval_secs", self.flush_interval_secs as u128),
             ("flush_max_rows", self.flush_max_rows as u128),
             ("flush_max_bytes", self.flush_max_bytes as u128),
-            ("compaction_interval_secs", self.compaction_interval_secs as u128),
-            ("compaction_small_file_bytes", self.compaction_small_file_bytes as u128),
-            ("compaction_max_input_bytes", self.compaction_max_input_bytes as u128),
+            (
+                "compaction_interval_secs",
+                self.compaction_interval_secs as u128,
+            ),
+            (
+                "compaction_small_file_bytes",
+                self.compaction_small_file_bytes as u128,
+            ),
+            (
+                "compaction_max_input_bytes",
+                self.compaction_max_input_bytes as u128,
+            ),
             ("row_group_rows", self.row_group_rows as u128),
         ];
         for (name, v) in positive {
@@ -169,7 +178,10 @@ impl StoreConfig {
             }
         }
         if self.max_tail_bytes < self.flush_max_bytes {
-            p.push(format!("{path}.max_tail_bytes"), "must be at least flush_max_bytes");
+            p.push(
+                format!("{path}.max_tail_bytes"),
+                "must be at least flush_max_bytes",
+            );
         }
         if self.compaction_min_files < 2 {
             p.push(format!("{path}.compaction_min_files"), "must be at least 2");
@@ -180,7 +192,10 @@ impl StoreConfig {
     }
 
     fn write_options(&self) -> WriteOptions {
-        WriteOptions { zstd_level: self.zstd_level, row_group_rows: self.row_group_rows }
+        WriteOptions {
+            zstd_level: self.zstd_level,
+            row_group_rows: self.row_group_rows,
+        }
     }
 }
 
@@ -264,34 +279,48 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("root", &self.inner.root).field("mode", &self.inner.mode).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("root", &self.inner.root)
+            .field("mode", &self.inner.mode)
+            .finish_non_exhaustive()
     }
 }
 
 /// Rearranges a batch into `schema` (columns by name, casts, nulls for missing nullable
 /// columns).
-pub(crate) fn conform_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+pub(crate) fn conform_batch(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, String> {
     table::conform(batch, schema)
 }
 
 fn store_err(op: &'static str, reason: impl Into<String>) -> crate::Error {
-    crate::Error::Store { op, reason: reason.into() }
+    crate::Error::Store {
+        op,
+        reason: reason.into(),
+    }
 }
 
 fn valid_table_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !name.as_bytes()[0].is_ascii_digit()
 }
 
 /// Whether a schema has the `namespace` column scoping needs.
 fn has_namespace(schema: &SchemaRef) -> bool {
-    schema.column_with_name(gpusiem_ingest::schema::NAMESPACE).is_some()
+    schema
+        .column_with_name(gpusiem_ingest::schema::NAMESPACE)
+        .is_some()
 }
 
 fn builtin_tables() -> Vec<(&'static str, SchemaRef)> {
-    let mut v: Vec<(&'static str, SchemaRef)> = Stream::ALL.iter().map(|s| (s.name(), s.schema())).collect();
+    let mut v: Vec<(&'static str, SchemaRef)> =
+        Stream::ALL.iter().map(|s| (s.name(), s.schema())).collect();
     v.push((FINDINGS, gpusiem_detect::finding::schema()));
     v
 }
@@ -308,17 +337,27 @@ impl Store {
         let inner = Arc::new(inner);
         let stop = CancellationToken::new();
         let task = tokio::spawn(background(inner.clone(), stop.clone()));
-        Ok(Arc::new(Store { inner, stop, task: Mutex::new(Some(task)) }))
+        Ok(Arc::new(Store {
+            inner,
+            stop,
+            task: Mutex::new(Some(task)),
+        }))
     }
 
     /// Opens the store read-only (`gpusiem query`): committed files plus the WAL, every table
     /// found on disk, nothing changed, no lock taken (the service may be running).
     pub async fn open_read_only(data_dir: &Path) -> crate::Result<Arc<Store>> {
         let data_dir = data_dir.to_path_buf();
-        let inner = tokio::task::spawn_blocking(move || open_inner(&data_dir, StoreConfig::default(), Mode::ReadOnly))
-            .await
-            .map_err(|e| store_err("open", e.to_string()))??;
-        Ok(Arc::new(Store { inner: Arc::new(inner), stop: CancellationToken::new(), task: Mutex::new(None) }))
+        let inner = tokio::task::spawn_blocking(move || {
+            open_inner(&data_dir, StoreConfig::default(), Mode::ReadOnly)
+        })
+        .await
+        .map_err(|e| store_err("open", e.to_string()))??;
+        Ok(Arc::new(Store {
+            inner: Arc::new(inner),
+            stop: CancellationToken::new(),
+            task: Mutex::new(None),
+        }))
     }
 
     /// Appends rows of `stream`; durable when it returns `Ok`.
@@ -331,7 +370,11 @@ impl Store {
         if findings.is_empty() {
             return Ok(());
         }
-        self.append_table(FINDINGS, &gpusiem_detect::finding::to_record_batch(findings)).await
+        self.append_table(
+            FINDINGS,
+            &gpusiem_detect::finding::to_record_batch(findings),
+        )
+        .await
     }
 
     /// Appends rows to a registered table (`api_audit`, or any stream); durable when it
@@ -343,7 +386,9 @@ impl Store {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(store_err("append", "the store is closed"));
         }
-        let t = self.table(table).ok_or_else(|| store_err("append", format!("unknown table {table}")))?;
+        let t = self
+            .table(table)
+            .ok_or_else(|| store_err("append", format!("unknown table {table}")))?;
         let batch = batch.clone();
         let max_tail = self.inner.config.max_tail_bytes;
         let result = tokio::task::spawn_blocking(move || t.append(&batch, max_tail).map(|()| t))
@@ -358,7 +403,10 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
-                self.inner.counters.append_failures.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .counters
+                    .append_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(store_err("append", format!("{table}: {e}")))
             }
         }
@@ -379,7 +427,10 @@ impl Store {
 
     fn register(&self, name: &str, schema: SchemaRef, admin_only: bool) -> crate::Result<()> {
         if !valid_table_name(name) {
-            return Err(store_err("register", "table names are lower-case letters, digits and _"));
+            return Err(store_err(
+                "register",
+                "table names are lower-case letters, digits and _",
+            ));
         }
         if let Some(t) = self.table(name) {
             if t.schema() == schema && t.admin_only == admin_only {
@@ -389,18 +440,36 @@ impl Store {
                 return Ok(());
             }
             if t.stats().tail_rows > 0 {
-                return Err(store_err("register", format!("table {name} has unflushed rows under another schema; flush first")));
+                return Err(store_err(
+                    "register",
+                    format!("table {name} has unflushed rows under another schema; flush first"),
+                ));
             }
         }
-        let (t, rec) = Table::open(&self.inner.root, name, Some(schema), admin_only, self.inner.mode)
-            .map_err(|e| store_err("register", format!("{name}: {e}")))?;
+        let (t, rec) = Table::open(
+            &self.inner.root,
+            name,
+            Some(schema),
+            admin_only,
+            self.inner.mode,
+        )
+        .map_err(|e| store_err("register", format!("{name}: {e}")))?;
         self.inner.note_recovery(name, &rec);
-        self.inner.tables.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), Arc::new(t));
+        self.inner
+            .tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Arc::new(t));
         Ok(())
     }
 
     fn table(&self, name: &str) -> Option<Arc<Table>> {
-        self.inner.tables.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.inner
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Every table with its schema and visibility.
@@ -417,14 +486,20 @@ impl Store {
                 } else {
                     TableAccess::Unscoped
                 };
-                TableInfo { name: t.name.clone(), schema, access }
+                TableInfo {
+                    name: t.name.clone(),
+                    schema,
+                    access,
+                }
             })
             .collect()
     }
 
     /// A consistent view of a table for a query: committed files plus the tail.
     pub fn snapshot(&self, table: &str) -> crate::Result<TableSnapshot> {
-        self.table(table).map(|t| t.snapshot()).ok_or_else(|| store_err("snapshot", format!("unknown table {table}")))
+        self.table(table)
+            .map(|t| t.snapshot())
+            .ok_or_else(|| store_err("snapshot", format!("unknown table {table}")))
     }
 
     /// Sizes per table.
@@ -453,14 +528,18 @@ impl Store {
     /// Flushes every table's tail to Parquet now.
     pub async fn flush(&self) -> crate::Result<()> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.flush_all(true)).await.map_err(|e| store_err("flush", e.to_string()))?
+        tokio::task::spawn_blocking(move || inner.flush_all(true))
+            .await
+            .map_err(|e| store_err("flush", e.to_string()))?
     }
 
     /// Runs compaction, retention and deferred deletions as of `now_secs` (wall-clock seconds
     /// since the epoch). The maintenance task calls it with the current time.
     pub async fn maintain_at(&self, now_secs: i64) -> crate::Result<()> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.maintain(now_secs)).await.map_err(|e| store_err("compact", e.to_string()))?
+        tokio::task::spawn_blocking(move || inner.maintain(now_secs))
+            .await
+            .map_err(|e| store_err("compact", e.to_string()))?
     }
 
     /// Stops the background task and flushes everything (shutdown). Idempotent; appends fail
@@ -490,7 +569,8 @@ impl Drop for Store {
 fn open_inner(data_dir: &Path, config: StoreConfig, mode: Mode) -> crate::Result<Inner> {
     let lock = match mode {
         Mode::Write => {
-            std::fs::create_dir_all(data_dir).map_err(|e| store_err("open", format!("creating {}: {e}", data_dir.display())))?;
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| store_err("open", format!("creating {}: {e}", data_dir.display())))?;
             let path = data_dir.join("store.lock");
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -498,17 +578,30 @@ fn open_inner(data_dir: &Path, config: StoreConfig, mode: Mode) -> crate::Result
                 .write(true)
                 .open(&path)
                 .map_err(|e| store_err("open", format!("{}: {e}", path.display())))?;
-            f.try_lock().map_err(|_| store_err("open", format!("{} is in use by another gpusiem process", data_dir.display())))?;
+            f.try_lock().map_err(|_| {
+                store_err(
+                    "open",
+                    format!(
+                        "{} is in use by another gpusiem process",
+                        data_dir.display()
+                    ),
+                )
+            })?;
             Some(f)
         }
         Mode::ReadOnly => {
             if !data_dir.is_dir() {
-                return Err(store_err("open", format!("{} is not a directory", data_dir.display())));
+                return Err(store_err(
+                    "open",
+                    format!("{} is not a directory", data_dir.display()),
+                ));
             }
             None
         }
     };
-    let root = data_dir.canonicalize().map_err(|e| store_err("open", format!("{}: {e}", data_dir.display())))?;
+    let root = data_dir
+        .canonicalize()
+        .map_err(|e| store_err("open", format!("{}: {e}", data_dir.display())))?;
     let inner = Inner {
         root,
         config,
@@ -520,13 +613,19 @@ fn open_inner(data_dir: &Path, config: StoreConfig, mode: Mode) -> crate::Result
         counters: Counters::default(),
         _lock: lock,
     };
-    let mut names: Vec<(String, Option<SchemaRef>)> = builtin_tables().into_iter().map(|(n, s)| (n.to_string(), Some(s))).collect();
+    let mut names: Vec<(String, Option<SchemaRef>)> = builtin_tables()
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), Some(s)))
+        .collect();
     // Tables registered by an earlier run (api_audit): recovered now, so their WAL is replayed
     // even before the API registers them again.
     if let Ok(entries) = std::fs::read_dir(inner.root.join("tables")) {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if valid_table_name(&n) && !names.iter().any(|(k, _)| *k == n) && e.path().join(manifest::MANIFEST_FILE).exists() {
+            if valid_table_name(&n)
+                && !names.iter().any(|(k, _)| *k == n)
+                && e.path().join(manifest::MANIFEST_FILE).exists()
+            {
                 names.push((n, None));
             }
         }
@@ -536,9 +635,14 @@ fn open_inner(data_dir: &Path, config: StoreConfig, mode: Mode) -> crate::Result
             Ok(Some(m)) => m.admin_only,
             _ => false,
         };
-        let (t, rec) = Table::open(&inner.root, &name, schema, admin_only, mode).map_err(|e| store_err("open", format!("{name}: {e}")))?;
+        let (t, rec) = Table::open(&inner.root, &name, schema, admin_only, mode)
+            .map_err(|e| store_err("open", format!("{name}: {e}")))?;
         inner.note_recovery(&name, &rec);
-        inner.tables.write().unwrap_or_else(|p| p.into_inner()).insert(name, Arc::new(t));
+        inner
+            .tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, Arc::new(t));
     }
     Ok(inner)
 }
@@ -546,11 +650,19 @@ fn open_inner(data_dir: &Path, config: StoreConfig, mode: Mode) -> crate::Result
 impl Inner {
     fn note_recovery(&self, table: &str, rec: &table::Recovery) {
         let c = &self.counters;
-        c.recovered_rows.fetch_add(rec.replayed_rows, Ordering::Relaxed);
-        c.wal_skipped_bytes.fetch_add(rec.wal_skipped_bytes, Ordering::Relaxed);
-        c.wal_damaged_segments.fetch_add(rec.damaged_segments, Ordering::Relaxed);
-        c.orphans_removed.fetch_add(rec.orphans_removed + rec.temp_removed, Ordering::Relaxed);
-        if rec.replayed_rows > 0 || rec.orphans_removed > 0 || rec.temp_removed > 0 || rec.damaged_segments > 0 {
+        c.recovered_rows
+            .fetch_add(rec.replayed_rows, Ordering::Relaxed);
+        c.wal_skipped_bytes
+            .fetch_add(rec.wal_skipped_bytes, Ordering::Relaxed);
+        c.wal_damaged_segments
+            .fetch_add(rec.damaged_segments, Ordering::Relaxed);
+        c.orphans_removed
+            .fetch_add(rec.orphans_removed + rec.temp_removed, Ordering::Relaxed);
+        if rec.replayed_rows > 0
+            || rec.orphans_removed > 0
+            || rec.temp_removed > 0
+            || rec.damaged_segments > 0
+        {
             tracing::info!(
                 table,
                 replayed_rows = rec.replayed_rows,
@@ -565,7 +677,12 @@ impl Inner {
     }
 
     fn all_tables(&self) -> Vec<Arc<Table>> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Flushes tables over a threshold, or every table with rows when `all`.
@@ -578,7 +695,9 @@ impl Inner {
             }
             match t.flush(&opts) {
                 Ok(rows) => {
-                    self.counters.flushed_rows.fetch_add(rows, Ordering::Relaxed);
+                    self.counters
+                        .flushed_rows
+                        .fetch_add(rows, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.counters.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -606,7 +725,9 @@ impl Inner {
                 &opts,
             ) {
                 Ok(replaced) => {
-                    self.counters.compacted_files.fetch_add(replaced.len() as u64, Ordering::Relaxed);
+                    self.counters
+                        .compacted_files
+                        .fetch_add(replaced.len() as u64, Ordering::Relaxed);
                     doomed.extend(replaced);
                 }
                 Err(e) => {
@@ -624,7 +745,10 @@ impl Inner {
         let mut total: u64 = hours.iter().map(|(_, _, b)| b).sum();
         hours.sort();
         for &(h, i, b) in &hours {
-            let too_old = c.retention_hours > 0 && h + 3600 <= now_secs - i64::try_from(c.retention_hours.saturating_mul(3600)).unwrap_or(i64::MAX);
+            let too_old = c.retention_hours > 0
+                && h + 3600
+                    <= now_secs
+                        - i64::try_from(c.retention_hours.saturating_mul(3600)).unwrap_or(i64::MAX);
             let too_big = c.max_bytes > 0 && total > c.max_bytes;
             if too_old || too_big {
                 expire[i].insert(h);
@@ -637,7 +761,9 @@ impl Inner {
                     if !gone.is_empty() {
                         tracing::info!(table = %t.name, hours = hours.len(), files = gone.len(), "retention dropped hour partitions");
                     }
-                    self.counters.expired_files.fetch_add(gone.len() as u64, Ordering::Relaxed);
+                    self.counters
+                        .expired_files
+                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
                     doomed.extend(gone);
                 }
                 Err(e) => {
@@ -649,7 +775,10 @@ impl Inner {
         // Deferred deletions.
         let grace = Duration::from_secs(c.delete_grace_secs);
         let now = Instant::now();
-        let mut pending = self.pending_deletes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self
+            .pending_deletes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         pending.extend(doomed.into_iter().map(|p| (p, now)));
         let mut deleted_any = false;
         pending.retain(|(p, since)| {
@@ -673,14 +802,19 @@ impl Inner {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The flusher and maintenance task.
 async fn background(inner: Arc<Inner>, stop: CancellationToken) {
-    let mut flush_tick = tokio::time::interval(Duration::from_secs(inner.config.flush_interval_secs.max(1)));
+    let mut flush_tick =
+        tokio::time::interval(Duration::from_secs(inner.config.flush_interval_secs.max(1)));
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut maint_tick = tokio::time::interval(Duration::from_secs(inner.config.compaction_interval_secs.max(1)));
+    let mut maint_tick = tokio::time::interval(Duration::from_secs(
+        inner.config.compaction_interval_secs.max(1),
+    ));
     maint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first ticks fire at once; nothing to do then.
     flush_tick.tick().await;
@@ -707,11 +841,23 @@ mod tests {
         let mut p = Problems::default();
         StoreConfig::default().validate("store", &mut p);
         assert!(p.0.is_empty(), "{:?}", p.0);
-        let c = StoreConfig { flush_interval_secs: 0, zstd_level: 0, compaction_min_files: 1, ..StoreConfig::default() };
+        let c = StoreConfig {
+            flush_interval_secs: 0,
+            zstd_level: 0,
+            compaction_min_files: 1,
+            ..StoreConfig::default()
+        };
         let mut p = Problems::default();
         c.validate("store", &mut p);
         let paths: Vec<&str> = p.0.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["store.flush_interval_secs", "store.compaction_min_files", "store.zstd_level"]);
+        assert_eq!(
+            paths,
+            [
+                "store.flush_interval_secs",
+                "store.compaction_min_files",
+                "store.zstd_level"
+            ]
+        );
     }
 
     #[test]

@@ -45,10 +45,15 @@ struct Fake {
     lists: AtomicUsize,
 }
 
-async fn pods(State(fake): State<Arc<Fake>>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+async fn pods(
+    State(fake): State<Arc<Fake>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     if q.get("watch").is_some_and(|w| w == "1" || w == "true") {
         // A watch that stays open and silent, as on a quiet cluster.
-        let body = axum::body::Body::from_stream(futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>());
+        let body = axum::body::Body::from_stream(futures::stream::pending::<
+            Result<bytes::Bytes, std::io::Error>,
+        >());
         return ([("content-type", "application/json")], body).into_response();
     }
     fake.lists.fetch_add(1, Ordering::SeqCst);
@@ -62,7 +67,9 @@ async fn pods(State(fake): State<Arc<Fake>>, Query(q): Query<std::collections::H
 
 async fn fake_api_server() -> (Arc<Fake>, String) {
     let fake = Arc::new(Fake::default());
-    let app = axum::Router::new().route("/api/v1/pods", axum::routing::get(pods)).with_state(fake.clone());
+    let app = axum::Router::new()
+        .route("/api/v1/pods", axum::routing::get(pods))
+        .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -72,24 +79,43 @@ async fn fake_api_server() -> (Arc<Fake>, String) {
 /// Posts the exec fixture and returns the `exec_into_gpu_pod` findings' pods and roles.
 async fn exec_findings(client: &reqwest::Client, s: &Service) -> Vec<serde_json::Value> {
     let exec = service_support::fixture("k8s-audit/falco-trace-exec_pod.jsonl");
-    let r = client.post(format!("{}/ingest/k8s-audit", s.base)).body(exec).send().await.unwrap();
+    let r = client
+        .post(format!("{}/ingest/k8s-audit", s.base))
+        .body(exec)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let v = s.query(client, "SELECT pod, namespace, role FROM findings WHERE detector = 'exec_into_gpu_pod'").await;
+    let v = s
+        .query(
+            client,
+            "SELECT pod, namespace, role FROM findings WHERE detector = 'exec_into_gpu_pod'",
+        )
+        .await;
     v["rows"].as_array().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_listed_by_the_kubernetes_source_reach_the_inventory() {
     gpusiem_ingest::source::install_crypto_provider();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let (fake, api) = fake_api_server().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path(), &format!("[[sources]]\ntype = \"kubernetes\"\napi_url = \"{api}\"\n"));
+    let s = start(
+        dir.path(),
+        &format!("[[sources]]\ntype = \"kubernetes\"\napi_url = \"{api}\"\n"),
+    );
     s.wait_ready(&client).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while fake.lists.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the kubernetes source never listed pods");
+        assert!(
+            Instant::now() < deadline,
+            "the kubernetes source never listed pods"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The list is applied on the pipeline's task; give it a moment before the audit event.
@@ -104,7 +130,10 @@ async fn pods_listed_by_the_kubernetes_source_reach_the_inventory() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), "");
     s.wait_ready(&client).await;
-    assert_eq!(exec_findings(&client, &s).await, Vec::<serde_json::Value>::new());
+    assert_eq!(
+        exec_findings(&client, &s).await,
+        Vec::<serde_json::Value>::new()
+    );
 }
 
 #[test]
@@ -122,5 +151,8 @@ fn a_kubernetes_source_that_cannot_start_stops_the_service_with_its_path() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("sources[0]") && stderr.contains("ca"), "{stderr}");
+    assert!(
+        stderr.contains("sources[0]") && stderr.contains("ca"),
+        "{stderr}"
+    );
 }

@@ -15,7 +15,11 @@ use gpusiem::store::{Store, StoreConfig};
 use gpusiem_ingest::Stream;
 
 fn quiet() -> StoreConfig {
-    StoreConfig { flush_interval_secs: 3600, compaction_interval_secs: 3600, ..StoreConfig::default() }
+    StoreConfig {
+        flush_interval_secs: 3600,
+        compaction_interval_secs: 3600,
+        ..StoreConfig::default()
+    }
 }
 
 /// Every cell of the output as text.
@@ -23,7 +27,8 @@ fn cells(out: &QueryOutput) -> Vec<String> {
     let mut v = Vec::new();
     for b in &out.batches {
         for c in b.columns() {
-            let f = ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("formatter");
+            let f =
+                ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).expect("formatter");
             v.extend((0..c.len()).map(|i| f.value(i).to_string()));
         }
     }
@@ -37,7 +42,10 @@ fn text(out: &QueryOutput) -> String {
 fn first_i64(out: &QueryOutput) -> i64 {
     let b = &out.batches[0];
     let c = arrow::compute::cast(b.column(0), &DataType::Int64).expect("cast");
-    c.as_any().downcast_ref::<arrow::array::Int64Array>().expect("int").value(0)
+    c.as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("int")
+        .value(0)
 }
 
 /// Two tenants, `shop` and `research`, plus cluster-scoped rows (null namespace); part of the
@@ -68,16 +76,40 @@ async fn seeded() -> (tempfile::TempDir, Arc<Store>) {
         .expect("findings");
     store.flush().await.expect("flush");
     // And some rows only in the tail.
-    store.append(Stream::FalcoEvents, &falco(&[(T0 + 2 * HOUR, Some("research"), "research-nb-2"), (T0 + 2 * HOUR, Some("shop"), "shop-web-3")])).await.expect("append");
     store
-        .append_findings(&[finding("f-shop-1", T0, Some("shop"), "shop-web-1", 2), finding("f-research-2", T0 + 2 * HOUR, Some("research"), "research-nb-2", 0)])
+        .append(
+            Stream::FalcoEvents,
+            &falco(&[
+                (T0 + 2 * HOUR, Some("research"), "research-nb-2"),
+                (T0 + 2 * HOUR, Some("shop"), "shop-web-3"),
+            ]),
+        )
+        .await
+        .expect("append");
+    store
+        .append_findings(&[
+            finding("f-shop-1", T0, Some("shop"), "shop-web-1", 2),
+            finding(
+                "f-research-2",
+                T0 + 2 * HOUR,
+                Some("research"),
+                "research-nb-2",
+                0,
+            ),
+        ])
         .await
         .expect("findings");
     (dir, store)
 }
 
 fn engine(store: &Arc<Store>) -> QueryEngine {
-    QueryEngine::new(store.clone(), QueryConfig { timeout_secs: 10, ..QueryConfig::default() })
+    QueryEngine::new(
+        store.clone(),
+        QueryConfig {
+            timeout_secs: 10,
+            ..QueryConfig::default()
+        },
+    )
 }
 
 /// Cross-namespace probes: none may return a value of `research` to a `shop` principal.
@@ -142,24 +174,52 @@ async fn a_scoped_principal_never_sees_another_namespace_whatever_the_sql() {
                 answered += 1;
                 // A probe that names `research` itself may echo that word (EXPLAIN shows the
                 // query's own literals); rows of research always carry `research-`.
-                let marker = if sql.contains("research") { "research-" } else { "research" };
+                let marker = if sql.contains("research") {
+                    "research-"
+                } else {
+                    "research"
+                };
                 let t = text(&out);
                 assert!(!t.contains(marker), "{sql} leaked:\n{t}");
             }
-            Err(e) => assert!(!e.to_string().contains("research-"), "{sql}: error leaks data: {e}"),
+            Err(e) => assert!(
+                !e.to_string().contains("research-"),
+                "{sql}: error leaks data: {e}"
+            ),
         }
     }
-    assert!(answered > PROBES.len() - 5, "the probes must mostly run, not just fail: {answered}");
+    assert!(
+        answered > PROBES.len() - 5,
+        "the probes must mostly run, not just fail: {answered}"
+    );
     // Sanity: the shop rows are there, and the unscoped principal sees research.
-    let out = q.sql("SELECT pod FROM falco_events ORDER BY pod", &shop).await.expect("query");
+    let out = q
+        .sql("SELECT pod FROM falco_events ORDER BY pod", &shop)
+        .await
+        .expect("query");
     assert_eq!(cells(&out), ["shop-web-1", "shop-web-2", "shop-web-3"]);
-    let out = q.sql("SELECT count(*) FROM falco_events", &NamespaceScope::all()).await.expect("query");
+    let out = q
+        .sql("SELECT count(*) FROM falco_events", &NamespaceScope::all())
+        .await
+        .expect("query");
     assert_eq!(first_i64(&out), 6);
     // A scope of nothing sees nothing.
-    let out = q.sql("SELECT count(*) FROM findings", &NamespaceScope(Some(vec![]))).await.expect("query");
+    let out = q
+        .sql(
+            "SELECT count(*) FROM findings",
+            &NamespaceScope(Some(vec![])),
+        )
+        .await
+        .expect("query");
     assert_eq!(first_i64(&out), 0);
     // Two namespaces see both, cluster-scoped rows still not.
-    let out = q.sql("SELECT count(*) FROM falco_events", &NamespaceScope::only(["shop", "research"])).await.expect("query");
+    let out = q
+        .sql(
+            "SELECT count(*) FROM falco_events",
+            &NamespaceScope::only(["shop", "research"]),
+        )
+        .await
+        .expect("query");
     assert_eq!(first_i64(&out), 5);
 }
 
@@ -168,9 +228,29 @@ async fn explain_analyze_is_refused_to_scoped_principals() {
     // Its scan metrics would count the rows of other namespaces.
     let (_dir, store) = seeded().await;
     let q = engine(&store);
-    let err = q.sql("EXPLAIN ANALYZE SELECT * FROM findings", &NamespaceScope::only(["shop"])).await.expect_err("refused");
-    assert!(matches!(err, gpusiem::Error::Query { kind: "refused", .. }), "{err}");
-    q.sql("EXPLAIN ANALYZE SELECT * FROM findings", &NamespaceScope::all()).await.expect("unscoped may");
+    let err = q
+        .sql(
+            "EXPLAIN ANALYZE SELECT * FROM findings",
+            &NamespaceScope::only(["shop"]),
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            gpusiem::Error::Query {
+                kind: "refused",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    q.sql(
+        "EXPLAIN ANALYZE SELECT * FROM findings",
+        &NamespaceScope::all(),
+    )
+    .await
+    .expect("unscoped may");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +273,10 @@ async fn every_statement_class_but_queries_is_refused() {
         "UPDATE findings SET summary = 'x'".into(),
         "TRUNCATE TABLE findings".into(),
         format!("COPY findings TO '{}'", target.display()),
-        format!("COPY (SELECT * FROM findings) TO '{}' STORED AS PARQUET", target.display()),
+        format!(
+            "COPY (SELECT * FROM findings) TO '{}' STORED AS PARQUET",
+            target.display()
+        ),
         "SET datafusion.execution.target_partitions = 64".into(),
         "SET TIME ZONE 'UTC'".into(),
         "RESET datafusion.execution.batch_size".into(),
@@ -211,34 +294,59 @@ async fn every_statement_class_but_queries_is_refused() {
     ];
     for sql in &statements {
         match q.sql(sql, &NamespaceScope::all()).await {
-            Err(gpusiem::Error::Query { kind: "refused", .. }) => {}
+            Err(gpusiem::Error::Query {
+                kind: "refused", ..
+            }) => {}
             other => panic!("{sql}: expected a refusal, got {other:?}"),
         }
     }
     assert!(!target.exists(), "COPY wrote a file");
     // Nothing changed.
-    let out = q.sql("SELECT count(*) FROM findings", &NamespaceScope::all()).await.expect("query");
+    let out = q
+        .sql("SELECT count(*) FROM findings", &NamespaceScope::all())
+        .await
+        .expect("query");
     assert_eq!(first_i64(&out), 6);
     // An over-long SQL text is refused before parsing.
     let long = format!("SELECT '{}'", "x".repeat(70 << 10));
-    assert!(matches!(q.sql(&long, &NamespaceScope::all()).await, Err(gpusiem::Error::Query { kind: "refused", .. })));
+    assert!(matches!(
+        q.sql(&long, &NamespaceScope::all()).await,
+        Err(gpusiem::Error::Query {
+            kind: "refused",
+            ..
+        })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_abuse_ends_within_the_limits() {
     let (_dir, store) = seeded().await;
     // Enough rows that a three-way cross join cannot finish in time.
-    let rows: Vec<(i64, Option<&str>, String)> = (0..3000).map(|i| (T0 + i, Some("shop"), format!("p{i}"))).collect();
-    let refs: Vec<(i64, Option<&str>, &str)> = rows.iter().map(|(t, n, p)| (*t, *n, p.as_str())).collect();
-    store.append(Stream::FalcoEvents, &falco(&refs)).await.expect("append");
+    let rows: Vec<(i64, Option<&str>, String)> = (0..3000)
+        .map(|i| (T0 + i, Some("shop"), format!("p{i}")))
+        .collect();
+    let refs: Vec<(i64, Option<&str>, &str)> =
+        rows.iter().map(|(t, n, p)| (*t, *n, p.as_str())).collect();
+    store
+        .append(Stream::FalcoEvents, &falco(&refs))
+        .await
+        .expect("append");
     let q = QueryEngine::new(
         store.clone(),
-        QueryConfig { timeout_secs: 3, memory_limit_bytes: 64 << 20, max_function_output_bytes: 16 << 20, ..QueryConfig::default() },
+        QueryConfig {
+            timeout_secs: 3,
+            memory_limit_bytes: 64 << 20,
+            max_function_output_bytes: 16 << 20,
+            ..QueryConfig::default()
+        },
     );
     let all = NamespaceScope::all();
     let cases = [
         // Denied outright.
-        ("SELECT count(*) FROM generate_series(9876543210)", &["refused"][..]),
+        (
+            "SELECT count(*) FROM generate_series(9876543210)",
+            &["refused"][..],
+        ),
         ("SELECT generate_series(1, 9876543210)", &["refused"]),
         ("SELECT range(9876543210)", &["refused"]),
         ("SELECT array_repeat('a', 1000000000)", &["refused"]),
@@ -246,13 +354,31 @@ async fn resource_abuse_ends_within_the_limits() {
         ("SELECT rpad('a', 1073741824, 'a')", &["resources"]),
         ("SELECT lpad('a', 1073741824)", &["resources"]),
         ("SELECT length(repeat('a', 1073741824))", &["resources"]),
-        ("SELECT length(repeat(pod, 100000000)) FROM falco_events", &["resources"]),
-        ("SELECT length(replace(pod, '', repeat('x', 100000))) FROM falco_events", &["resources"]),
-        ("SELECT length(regexp_replace(rule, '', rpad('x', 60000, 'y'), 'g')) FROM falco_events", &["resources"]),
+        (
+            "SELECT length(repeat(pod, 100000000)) FROM falco_events",
+            &["resources"],
+        ),
+        (
+            "SELECT length(replace(pod, '', repeat('x', 100000))) FROM falco_events",
+            &["resources"],
+        ),
+        (
+            "SELECT length(regexp_replace(rule, '', rpad('x', 60000, 'y'), 'g')) FROM falco_events",
+            &["resources"],
+        ),
         // Bounded by time or memory.
-        ("SELECT count(*) FROM falco_events a, falco_events b, falco_events c", &["timeout", "resources"]),
-        ("SELECT a.pod, b.pod FROM falco_events a, falco_events b ORDER BY a.pod || b.pod DESC", &["timeout", "resources"]),
-        ("SELECT count(DISTINCT a.pod || b.pod || c.pod) FROM falco_events a, falco_events b, falco_events c", &["timeout", "resources"]),
+        (
+            "SELECT count(*) FROM falco_events a, falco_events b, falco_events c",
+            &["timeout", "resources"],
+        ),
+        (
+            "SELECT a.pod, b.pod FROM falco_events a, falco_events b ORDER BY a.pod || b.pod DESC",
+            &["timeout", "resources"],
+        ),
+        (
+            "SELECT count(DISTINCT a.pod || b.pod || c.pod) FROM falco_events a, falco_events b, falco_events c",
+            &["timeout", "resources"],
+        ),
     ];
     for (sql, kinds) in cases {
         let started = std::time::Instant::now();
@@ -264,7 +390,10 @@ async fn resource_abuse_ends_within_the_limits() {
             Err(e) => panic!("{sql}: {e}"),
         }
         // Not a timing assertion: a generous bound that only an unbounded query would break.
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{sql} did not stop");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{sql} did not stop"
+        );
     }
     // The engine still answers afterwards: permits and memory were given back. On a loaded
     // machine the aborted queries' last batches may still be unwinding, so a timeout is retried;
@@ -276,7 +405,9 @@ async fn resource_abuse_ends_within_the_limits() {
                 answer = Some(first_i64(&out));
                 break;
             }
-            Err(gpusiem::Error::Query { kind: "timeout", .. }) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+            Err(gpusiem::Error::Query {
+                kind: "timeout", ..
+            }) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
             Err(e) => panic!("after the abuse: {e}"),
         }
     }
@@ -286,7 +417,14 @@ async fn resource_abuse_ends_within_the_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exponential_growth_through_ctes_is_stopped() {
     let (_dir, store) = seeded().await;
-    let q = QueryEngine::new(store.clone(), QueryConfig { timeout_secs: 5, memory_limit_bytes: 64 << 20, ..QueryConfig::default() });
+    let q = QueryEngine::new(
+        store.clone(),
+        QueryConfig {
+            timeout_secs: 5,
+            memory_limit_bytes: 64 << 20,
+            ..QueryConfig::default()
+        },
+    );
     // Each level doubles the string: 2^40 bytes at the end if nothing stopped it.
     let mut sql = String::from("WITH a0 AS (SELECT pod AS s FROM falco_events)");
     for i in 1..=40 {
@@ -294,26 +432,71 @@ async fn exponential_growth_through_ctes_is_stopped() {
     }
     sql.push_str(" SELECT max(length(s)) FROM a40");
     let r = q.sql(&sql, &NamespaceScope::all()).await;
-    assert!(matches!(r, Err(gpusiem::Error::Query { kind: "resources" | "timeout", .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(gpusiem::Error::Query {
+                kind: "resources" | "timeout",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     let mut sql = String::from("WITH a0 AS (SELECT 'abcdefgh' AS s)");
     for i in 1..=40 {
-        sql.push_str(&format!(", a{i} AS (SELECT concat(s, s) AS s FROM a{})", i - 1));
+        sql.push_str(&format!(
+            ", a{i} AS (SELECT concat(s, s) AS s FROM a{})",
+            i - 1
+        ));
     }
     sql.push_str(" SELECT length(s) FROM a40");
     let r = q.sql(&sql, &NamespaceScope::all()).await;
-    assert!(matches!(r, Err(gpusiem::Error::Query { kind: "resources" | "timeout", .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(gpusiem::Error::Query {
+                kind: "resources" | "timeout",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_capped_and_marked_truncated() {
     let (_dir, store) = seeded().await;
-    let q = QueryEngine::new(store.clone(), QueryConfig { max_rows: 2, ..QueryConfig::default() });
-    let out = q.sql("SELECT pod FROM falco_events", &NamespaceScope::all()).await.expect("query");
+    let q = QueryEngine::new(
+        store.clone(),
+        QueryConfig {
+            max_rows: 2,
+            ..QueryConfig::default()
+        },
+    );
+    let out = q
+        .sql("SELECT pod FROM falco_events", &NamespaceScope::all())
+        .await
+        .expect("query");
     assert_eq!((out.rows, out.truncated), (2, true));
-    let out = q.sql("SELECT pod FROM falco_events LIMIT 2", &NamespaceScope::all()).await.expect("query");
+    let out = q
+        .sql(
+            "SELECT pod FROM falco_events LIMIT 2",
+            &NamespaceScope::all(),
+        )
+        .await
+        .expect("query");
     assert_eq!(out.rows, 2);
-    let q = QueryEngine::new(store.clone(), QueryConfig { max_result_bytes: 10, ..QueryConfig::default() });
-    let out = q.sql("SELECT summary FROM findings", &NamespaceScope::all()).await.expect("query");
+    let q = QueryEngine::new(
+        store.clone(),
+        QueryConfig {
+            max_result_bytes: 10,
+            ..QueryConfig::default()
+        },
+    );
+    let out = q
+        .sql("SELECT summary FROM findings", &NamespaceScope::all())
+        .await
+        .expect("query");
     assert!(out.truncated && out.rows == 0, "{out:?}");
 }
 
@@ -322,13 +505,34 @@ async fn a_finding_is_queryable_as_soon_as_it_is_appended_and_the_view_keeps_its
     let (_dir, store) = seeded().await;
     let q = engine(&store);
     let shop = NamespaceScope::only(["shop"]);
-    store.append_findings(&[finding("f-new", T0 + 3 * HOUR, Some("shop"), "shop-web-9", 0)]).await.expect("append");
-    let out = q.sql("SELECT pod FROM findings WHERE id = 'f-new'", &shop).await.expect("query");
+    store
+        .append_findings(&[finding(
+            "f-new",
+            T0 + 3 * HOUR,
+            Some("shop"),
+            "shop-web-9",
+            0,
+        )])
+        .await
+        .expect("append");
+    let out = q
+        .sql("SELECT pod FROM findings WHERE id = 'f-new'", &shop)
+        .await
+        .expect("query");
     assert_eq!(cells(&out), ["shop-web-9"]);
     // f-shop-1 has revisions 0 and 1 in Parquet and 2 in the tail: the view shows revision 2.
-    let out = q.sql("SELECT id, revision FROM findings_latest ORDER BY id", &shop).await.expect("query");
+    let out = q
+        .sql(
+            "SELECT id, revision FROM findings_latest ORDER BY id",
+            &shop,
+        )
+        .await
+        .expect("query");
     assert_eq!(cells(&out), ["f-new", "f-shop-1", "0", "2"]);
-    let out = q.sql("SELECT count(*) FROM findings WHERE id = 'f-shop-1'", &shop).await.expect("query");
+    let out = q
+        .sql("SELECT count(*) FROM findings WHERE id = 'f-shop-1'", &shop)
+        .await
+        .expect("query");
     assert_eq!(first_i64(&out), 3);
 }
 
@@ -337,10 +541,27 @@ async fn time_filters_prune_hour_files_before_they_are_opened() {
     let (_dir, store) = seeded().await;
     let q = engine(&store);
     let snap = store.snapshot("falco_events").expect("snapshot");
-    let hour0 = snap.files.iter().find(|(_, f)| f.path.contains("hour=00")).expect("hour 0").1.path.clone();
-    let hour1 = snap.files.iter().find(|(_, f)| f.path.contains("hour=01")).expect("hour 1").1.path.clone();
+    let hour0 = snap
+        .files
+        .iter()
+        .find(|(_, f)| f.path.contains("hour=00"))
+        .expect("hour 0")
+        .1
+        .path
+        .clone();
+    let hour1 = snap
+        .files
+        .iter()
+        .find(|(_, f)| f.path.contains("hour=01"))
+        .expect("hour 1")
+        .1
+        .path
+        .clone();
     let plan = q
-        .sql("EXPLAIN SELECT pod FROM falco_events WHERE ts >= TIMESTAMP '2024-05-01T01:00:00Z'", &NamespaceScope::all())
+        .sql(
+            "EXPLAIN SELECT pod FROM falco_events WHERE ts >= TIMESTAMP '2024-05-01T01:00:00Z'",
+            &NamespaceScope::all(),
+        )
         .await
         .expect("explain");
     let plan = text(&plan);
@@ -354,12 +575,19 @@ async fn time_filters_prune_hour_files_before_they_are_opened() {
 
 fn audit_batch() -> (Arc<Schema>, RecordBatch) {
     let schema = Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("principal", DataType::Utf8, true),
     ]));
     let batch = RecordBatch::try_new(
         schema.clone(),
-        vec![Arc::new(TimestampNanosecondArray::from(vec![T0]).with_timezone("UTC")), Arc::new(StringArray::from(vec!["alice"]))],
+        vec![
+            Arc::new(TimestampNanosecondArray::from(vec![T0]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec!["alice"])),
+        ],
     )
     .expect("batch");
     (schema, batch)
@@ -369,10 +597,20 @@ fn audit_batch() -> (Arc<Schema>, RecordBatch) {
 async fn admin_tables_and_tables_without_namespace_are_hidden_from_scoped_principals() {
     let (_dir, store) = seeded().await;
     let (schema, batch) = audit_batch();
-    store.register_admin_table("api_audit", schema.clone()).expect("register");
-    store.append_table("api_audit", &batch).await.expect("append");
-    store.register_table("node_events", schema).expect("register");
-    store.append_table("node_events", &batch).await.expect("append");
+    store
+        .register_admin_table("api_audit", schema.clone())
+        .expect("register");
+    store
+        .append_table("api_audit", &batch)
+        .await
+        .expect("append");
+    store
+        .register_table("node_events", schema)
+        .expect("register");
+    store
+        .append_table("node_events", &batch)
+        .await
+        .expect("append");
     let q = engine(&store);
     let shop = NamespaceScope::only(["shop"]);
     let all = NamespaceScope::all();
@@ -385,15 +623,33 @@ async fn admin_tables_and_tables_without_namespace_are_hidden_from_scoped_princi
         ("SELECT principal FROM node_events", &shop, true, false),
         ("SELECT principal FROM node_events", &all, false, true),
     ] {
-        let r = if admin { q.sql_as_admin(sql, scope).await } else { q.sql(sql, scope).await };
+        let r = if admin {
+            q.sql_as_admin(sql, scope).await
+        } else {
+            q.sql(sql, scope).await
+        };
         match (visible, r) {
             (true, Ok(out)) => assert_eq!(cells(&out), ["alice"], "{sql}"),
-            (false, Err(gpusiem::Error::Query { kind: "refused", .. })) => {}
+            (
+                false,
+                Err(gpusiem::Error::Query {
+                    kind: "refused", ..
+                }),
+            ) => {}
             (v, r) => panic!("{sql} {scope:?} admin={admin}: visible={v} but {r:?}"),
         }
     }
     let listed = q.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1", &shop).await.expect("query");
-    assert_eq!(cells(&listed), ["falco_events", "findings", "findings_latest", "gpu_metrics", "k8s_audit"]);
+    assert_eq!(
+        cells(&listed),
+        [
+            "falco_events",
+            "findings",
+            "findings_latest",
+            "gpu_metrics",
+            "k8s_audit"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,15 +658,39 @@ async fn scoped_dataframes_stay_scoped_and_collect_with_the_limits() {
 
     let (_dir, store) = seeded().await;
     let q = engine(&store);
-    let df = q.dataframe("findings", &NamespaceScope::only(["shop"])).await.expect("dataframe");
+    let df = q
+        .dataframe("findings", &NamespaceScope::only(["shop"]))
+        .await
+        .expect("dataframe");
     // Asking for research through the DataFrame API finds nothing.
-    let df = df.filter(col("namespace").eq(lit("research")).or(col("pod").like(lit("%")))).expect("filter");
-    let out = q.collect(df.select(vec![col("pod")]).expect("select")).await.expect("collect");
+    let df = df
+        .filter(
+            col("namespace")
+                .eq(lit("research"))
+                .or(col("pod").like(lit("%"))),
+        )
+        .expect("filter");
+    let out = q
+        .collect(df.select(vec![col("pod")]).expect("select"))
+        .await
+        .expect("collect");
     assert!(!text(&out).contains("research"));
     // The three revisions of shop's one finding: two flushed, one in the tail.
     assert_eq!(cells(&out), ["shop-web-1", "shop-web-1", "shop-web-1"]);
-    let latest = q.dataframe("findings_latest", &NamespaceScope::only(["research"])).await.expect("view");
-    let out = q.collect(latest.select(vec![col("id")]).expect("select").sort(vec![col("id").sort(true, true)]).expect("sort")).await.expect("collect");
+    let latest = q
+        .dataframe("findings_latest", &NamespaceScope::only(["research"]))
+        .await
+        .expect("view");
+    let out = q
+        .collect(
+            latest
+                .select(vec![col("id")])
+                .expect("select")
+                .sort(vec![col("id").sort(true, true)])
+                .expect("sort"),
+        )
+        .await
+        .expect("collect");
     assert_eq!(cells(&out), ["f-research-1", "f-research-2"]);
 }
 
@@ -425,13 +705,23 @@ async fn the_gpusiem_query_command_reads_a_data_directory_while_the_store_is_ope
             .env("RUST_LOG", "error")
             .output()
             .expect("run gpusiem query");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let (ok, stdout, stderr) = run("json", "SELECT id, revision FROM findings_latest WHERE namespace = 'shop'");
+    let (ok, stdout, stderr) = run(
+        "json",
+        "SELECT id, revision FROM findings_latest WHERE namespace = 'shop'",
+    );
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(v, serde_json::json!([{"id": "f-shop-1", "revision": 2}]));
-    let (ok, stdout, _) = run("csv", "SELECT pod, namespace FROM falco_events WHERE pod = 'research-cluster-scoped'");
+    let (ok, stdout, _) = run(
+        "csv",
+        "SELECT pod, namespace FROM falco_events WHERE pod = 'research-cluster-scoped'",
+    );
     assert!(ok);
     assert_eq!(stdout, "pod,namespace\nresearch-cluster-scoped,\n");
     let (ok, stdout, _) = run("table", "SELECT count(*) AS n FROM falco_events");

@@ -32,10 +32,22 @@ pub trait Detector: Send {
     fn name(&self) -> &'static str;
 
     /// Observes one batch of `stream` (rows in event-time order within the batch).
-    fn observe(&mut self, cx: &DetectContext<'_>, stream: Stream, batch: &RecordBatch, out: &mut Vec<Finding>);
+    fn observe(
+        &mut self,
+        cx: &DetectContext<'_>,
+        stream: Stream,
+        batch: &RecordBatch,
+        out: &mut Vec<Finding>,
+    );
 
     /// Observes findings raised by other detectors or rules (for chaining); most ignore them.
-    fn observe_findings(&mut self, _cx: &DetectContext<'_>, _findings: &[Finding], _out: &mut Vec<Finding>) {}
+    fn observe_findings(
+        &mut self,
+        _cx: &DetectContext<'_>,
+        _findings: &[Finding],
+        _out: &mut Vec<Finding>,
+    ) {
+    }
 
     /// Event time advanced to `now` without new data for this detector: close windows, resolve
     /// episodes, evict idle state.

@@ -86,7 +86,10 @@ impl Engine {
     pub fn inject_findings(&mut self, findings: &[Finding], out: &mut Vec<Finding>) {
         let start = out.len();
         out.extend_from_slice(findings);
-        let cx = DetectContext { inventory: &self.inventory, watermark: self.watermark };
+        let cx = DetectContext {
+            inventory: &self.inventory,
+            watermark: self.watermark,
+        };
         chain(&mut self.detectors, &mut self.rules, &cx, out, start);
         out.drain(start..start + findings.len());
     }
@@ -118,7 +121,10 @@ impl Engine {
             self.watermark = self.watermark.max(max);
         }
         let start = out.len();
-        let cx = DetectContext { inventory: &self.inventory, watermark: self.watermark };
+        let cx = DetectContext {
+            inventory: &self.inventory,
+            watermark: self.watermark,
+        };
         for d in &mut self.detectors {
             d.observe(&cx, stream, batch, out);
         }
@@ -137,7 +143,8 @@ impl Engine {
     }
 
     fn maybe_tick(&mut self, out: &mut Vec<Finding>) {
-        if self.last_tick == i64::MIN || self.watermark.saturating_sub(self.last_tick) >= TICK_NANOS {
+        if self.last_tick == i64::MIN || self.watermark.saturating_sub(self.last_tick) >= TICK_NANOS
+        {
             self.force_tick(out);
         }
     }
@@ -146,7 +153,10 @@ impl Engine {
         self.last_tick = self.watermark;
         self.inventory.evict(self.watermark);
         let start = out.len();
-        let cx = DetectContext { inventory: &self.inventory, watermark: self.watermark };
+        let cx = DetectContext {
+            inventory: &self.inventory,
+            watermark: self.watermark,
+        };
         for d in &mut self.detectors {
             d.on_tick(&cx, self.watermark, out);
         }
@@ -158,19 +168,33 @@ impl Engine {
 
     /// Bytes of detector state (approximate).
     pub fn state_bytes(&self) -> usize {
-        self.detectors.iter().map(|d| d.state_bytes()).sum::<usize>() + self.rules.as_ref().map_or(0, |r| r.state_bytes())
+        self.detectors
+            .iter()
+            .map(|d| d.state_bytes())
+            .sum::<usize>()
+            + self.rules.as_ref().map_or(0, |r| r.state_bytes())
     }
 
     /// Series held per detector.
     pub fn series(&self) -> Vec<(&'static str, usize)> {
         let rules = self.rules.as_ref().map(|r| (r.name(), r.series()));
-        self.detectors.iter().map(|d| (d.name(), d.series())).chain(rules).collect()
+        self.detectors
+            .iter()
+            .map(|d| (d.name(), d.series()))
+            .chain(rules)
+            .collect()
     }
 }
 
 /// Feeds findings raised since `start` back to every detector and the rules, a bounded number
 /// of rounds.
-fn chain(detectors: &mut [Box<dyn Detector>], rules: &mut Option<RuleEngine>, cx: &DetectContext<'_>, out: &mut Vec<Finding>, mut start: usize) {
+fn chain(
+    detectors: &mut [Box<dyn Detector>],
+    rules: &mut Option<RuleEngine>,
+    cx: &DetectContext<'_>,
+    out: &mut Vec<Finding>,
+    mut start: usize,
+) {
     for _ in 0..CHAIN_ROUNDS {
         if start == out.len() {
             return;
@@ -188,7 +212,9 @@ fn chain(detectors: &mut [Box<dyn Detector>], rules: &mut Option<RuleEngine>, cx
 
 /// The largest `ts` of a batch.
 pub fn max_ts(batch: &RecordBatch) -> Option<i64> {
-    let ts = batch.column_by_name(gpusiem_ingest::schema::TS)?.as_primitive_opt::<TimestampNanosecondType>()?;
+    let ts = batch
+        .column_by_name(gpusiem_ingest::schema::TS)?
+        .as_primitive_opt::<TimestampNanosecondType>()?;
     if ts.null_count() == ts.len() {
         return None;
     }

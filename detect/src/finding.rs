@@ -9,7 +9,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt8Builder,
+    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+    UInt8Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::role::Role;
 
 /// How urgent a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Context, no action.
@@ -36,7 +39,13 @@ pub enum Severity {
 
 impl Severity {
     /// Every severity, lowest first.
-    pub const ALL: [Severity; 5] = [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
 
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
@@ -56,7 +65,9 @@ impl Severity {
 
     /// Parses a lower-case name.
     pub fn parse(s: &str) -> Option<Severity> {
-        Severity::ALL.into_iter().find(|v| v.as_str().eq_ignore_ascii_case(s))
+        Severity::ALL
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
     }
 
     /// One step up, saturating at critical.
@@ -193,7 +204,13 @@ pub mod columns {
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     use gpusiem_ingest::schema::*;
     let utf8 = |n: &str| Field::new(n, DataType::Utf8, true);
-    let list = |n: &str| Field::new(n, DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true);
+    let list = |n: &str| {
+        Field::new(
+            n,
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        )
+    };
     Arc::new(Schema::new(vec![
         Field::new(TS, ts_type(), false),
         utf8(CLUSTER),
@@ -230,7 +247,16 @@ pub fn to_record_batch(findings: &[Finding]) -> RecordBatch {
     let mut ts = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut last_ts = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut s: Vec<StringBuilder> = (0..7).map(|_| StringBuilder::new()).collect();
-    let (mut id, mut detector, mut severity, mut status, mut summary, mut role, mut role_reason, mut evidence) = (
+    let (
+        mut id,
+        mut detector,
+        mut severity,
+        mut status,
+        mut summary,
+        mut role,
+        mut role_reason,
+        mut evidence,
+    ) = (
         StringBuilder::new(),
         StringBuilder::new(),
         StringBuilder::new(),
@@ -246,7 +272,15 @@ pub fn to_record_batch(findings: &[Finding]) -> RecordBatch {
     let mut event_ids = ListBuilder::new(StringBuilder::new());
     for f in findings {
         ts.append_value(f.ts);
-        for (b, v) in s.iter_mut().zip([&f.cluster, &f.node, &f.namespace, &f.pod, &f.pod_uid, &f.container, &f.gpu_uuid]) {
+        for (b, v) in s.iter_mut().zip([
+            &f.cluster,
+            &f.node,
+            &f.namespace,
+            &f.pod,
+            &f.pod_uid,
+            &f.container,
+            &f.gpu_uuid,
+        ]) {
             b.append_option(v.as_deref());
         }
         id.append_value(&f.id);
@@ -299,7 +333,8 @@ mod rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let s = String::deserialize(d)?;
-        gpusiem_ingest::time::parse_rfc3339_nanos(&s).ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
+        gpusiem_ingest::time::parse_rfc3339_nanos(&s)
+            .ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
     }
 }
 
@@ -343,7 +378,21 @@ mod tests {
     #[test]
     fn json_has_the_contract_fields() {
         let v: serde_json::Value = serde_json::from_str(&sample().to_json()).expect("json");
-        for key in ["id", "ts", "last_ts", "detector", "severity", "summary", "namespace", "pod", "node", "gpu_uuid", "role", "mitre", "evidence"] {
+        for key in [
+            "id",
+            "ts",
+            "last_ts",
+            "detector",
+            "severity",
+            "summary",
+            "namespace",
+            "pod",
+            "node",
+            "gpu_uuid",
+            "role",
+            "mitre",
+            "evidence",
+        ] {
             assert!(v.get(key).is_some(), "{key}");
         }
         assert_eq!(v["ts"], "2025-11-26T13:18:35.486000000Z");

@@ -473,12 +473,10 @@ pub fn score_corpus(results: &[FileResult], labels: &Labels) -> Result<ProfileSc
     }
     let mut files = Vec::with_capacity(labels.len());
     for (file, windows) in labels {
-        let r = by_file
-            .get(file.as_str())
-            .ok_or_else(|| Error::Results {
-                file: file.clone(),
-                reason: "no detector output".into(),
-            })?;
+        let r = by_file.get(file.as_str()).ok_or_else(|| Error::Results {
+            file: file.clone(),
+            reason: "no detector output".into(),
+        })?;
         files.push((*r, window_rows(&r.ts_ns, windows)));
     }
     let k_windows: usize = labels.values().map(Vec::len).sum();

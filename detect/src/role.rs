@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// What a pod is for, as far as GPU use goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Serves models (KServe, Triton, vLLM, TGI, TorchServe, TF Serving, NIM, Ray Serve).
@@ -23,7 +25,14 @@ pub enum Role {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 6] = [Role::Serving, Role::Training, Role::Notebook, Role::Batch, Role::NonGpu, Role::Unknown];
+    pub const ALL: [Role; 6] = [
+        Role::Serving,
+        Role::Training,
+        Role::Notebook,
+        Role::Batch,
+        Role::NonGpu,
+        Role::Unknown,
+    ];
 
     /// Snake-case name, as in findings and config.
     pub fn as_str(self) -> &'static str {

@@ -57,7 +57,13 @@ pub struct RulesConfig {
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        RulesConfig { dirs: Vec::new(), builtin: true, allowed_lateness_secs: 30, suppress_secs: 600, reload_interval_secs: 10 }
+        RulesConfig {
+            dirs: Vec::new(),
+            builtin: true,
+            allowed_lateness_secs: 30,
+            suppress_secs: 600,
+            reload_interval_secs: 10,
+        }
     }
 }
 
@@ -98,12 +104,17 @@ fn anchor(d: &sigma::Detection) -> Option<(fields::Col, Vec<String>)> {
     use self::condition::Cond;
     let required: Vec<usize> = match &d.condition {
         Cond::Sel(i) => vec![*i],
-        Cond::And(items) => items.iter().filter_map(|c| if let Cond::Sel(i) = c { Some(*i) } else { None }).collect(),
+        Cond::And(items) => items
+            .iter()
+            .filter_map(|c| if let Cond::Sel(i) = c { Some(*i) } else { None })
+            .collect(),
         _ => Vec::new(),
     };
     let mut best: Option<(usize, fields::Col, Vec<String>)> = None;
     for i in required {
-        let sigma::Selection::AnyOf(groups) = &d.selections[i].1 else { continue };
+        let sigma::Selection::AnyOf(groups) = &d.selections[i].1 else {
+            continue;
+        };
         let [group] = groups.as_slice() else { continue };
         for m in group {
             let Access::Str(col) = m.access else { continue };
@@ -113,10 +124,19 @@ fn anchor(d: &sigma::Detection) -> Option<(fields::Col, Vec<String>)> {
             let literals: Option<Vec<String>> = m
                 .matchers
                 .iter()
-                .map(|x| if let sigma::Matcher::Text(w) = x { w.literal_folded().map(str::to_string) } else { None })
+                .map(|x| {
+                    if let sigma::Matcher::Text(w) = x {
+                        w.literal_folded().map(str::to_string)
+                    } else {
+                        None
+                    }
+                })
                 .collect();
             let Some(literals) = literals else { continue };
-            let rank = ANCHOR_PREFERENCE.iter().position(|c| *c == col.name).unwrap_or(ANCHOR_PREFERENCE.len());
+            let rank = ANCHOR_PREFERENCE
+                .iter()
+                .position(|c| *c == col.name)
+                .unwrap_or(ANCHOR_PREFERENCE.len());
             if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
                 best = Some((rank, col, literals));
             }
@@ -150,10 +170,18 @@ impl RuleSet {
         for (i, r) in rules.iter().enumerate() {
             if let Some(prev) = seen.insert(r.name.clone(), i) {
                 let (f, l) = &rules[prev].origin;
-                errors.push(RuleError { file: r.origin.0.clone(), line: r.origin.1, message: format!("rule name `{}` already used at {f}:{l}", r.name) });
+                errors.push(RuleError {
+                    file: r.origin.0.clone(),
+                    line: r.origin.1,
+                    message: format!("rule name `{}` already used at {f}:{l}", r.name),
+                });
             }
         }
-        let find = |name: &str| rules.iter().position(|r| r.name == name || r.sigma_id.as_deref() == Some(name));
+        let find = |name: &str| {
+            rules
+                .iter()
+                .position(|r| r.name == name || r.sigma_id.as_deref() == Some(name))
+        };
         let mut by_source: [Vec<usize>; 3] = Default::default();
         let mut feeds = vec![Vec::new(); rules.len()];
         for (ci, r) in rules.iter().enumerate() {
@@ -161,40 +189,61 @@ impl RuleSet {
                 RuleKind::Detection(d) => by_source[source_slot(d.source)].push(ci),
                 RuleKind::Correlation(c) => {
                     for (step, name) in c.rules.iter().enumerate() {
-                        let err = |m: String| RuleError { file: r.origin.0.clone(), line: r.origin.1, message: m };
+                        let err = |m: String| RuleError {
+                            file: r.origin.0.clone(),
+                            line: r.origin.1,
+                            message: m,
+                        };
                         let Some(target) = find(name) else {
-                            errors.push(err(format!("correlation references unknown rule `{name}`")));
+                            errors
+                                .push(err(format!("correlation references unknown rule `{name}`")));
                             continue;
                         };
                         let RuleKind::Detection(d) = &rules[target].kind else {
-                            errors.push(err(format!("`{name}` is a correlation; correlations reference detection rules")));
+                            errors.push(err(format!(
+                                "`{name}` is a correlation; correlations reference detection rules"
+                            )));
                             continue;
                         };
                         let field_of = |f: &str| -> String {
                             c.aliases
                                 .iter()
                                 .find(|(alias, _)| alias == f)
-                                .and_then(|(_, per)| per.iter().find(|(rule, _)| rule == name || *rule == rules[target].name).map(|(_, field)| field.clone()))
+                                .and_then(|(_, per)| {
+                                    per.iter()
+                                        .find(|(rule, _)| {
+                                            rule == name || *rule == rules[target].name
+                                        })
+                                        .map(|(_, field)| field.clone())
+                                })
                                 .unwrap_or_else(|| f.to_string())
                         };
                         let mut group = Vec::new();
                         for f in &c.group_by {
                             match fields::resolve(d.source, &field_of(f)) {
                                 Ok(a) => group.push(a),
-                                Err(m) => errors.push(err(format!("group-by `{f}` for rule `{name}`: {m}"))),
+                                Err(m) => errors
+                                    .push(err(format!("group-by `{f}` for rule `{name}`: {m}"))),
                             }
                         }
                         let value = match &c.value_field {
                             Some(f) => match fields::resolve(d.source, &field_of(f)) {
                                 Ok(a) => Some(a),
                                 Err(m) => {
-                                    errors.push(err(format!("value field `{f}` for rule `{name}`: {m}")));
+                                    errors.push(err(format!(
+                                        "value field `{f}` for rule `{name}`: {m}"
+                                    )));
                                     None
                                 }
                             },
                             None => None,
                         };
-                        feeds[target].push(Feed { correlation: ci, step, group, value });
+                        feeds[target].push(Feed {
+                            correlation: ci,
+                            step,
+                            group,
+                            value,
+                        });
                     }
                 }
             }
@@ -206,13 +255,18 @@ impl RuleSet {
         let mut unanchored: [Vec<usize>; 3] = Default::default();
         for (slot, list) in by_source.iter().enumerate() {
             for &ri in list {
-                let RuleKind::Detection(d) = &rules[ri].kind else { continue };
+                let RuleKind::Detection(d) = &rules[ri].kind else {
+                    continue;
+                };
                 match anchor(d) {
                     Some((col, literals)) => {
                         let idx = match anchors[slot].iter().position(|a| a.column == col.index) {
                             Some(i) => i,
                             None => {
-                                anchors[slot].push(AnchorIndex { column: col.index, rules: FxHashMap::default() });
+                                anchors[slot].push(AnchorIndex {
+                                    column: col.index,
+                                    rules: FxHashMap::default(),
+                                });
                                 anchors[slot].len() - 1
                             }
                         };
@@ -224,7 +278,13 @@ impl RuleSet {
                 }
             }
         }
-        Ok(RuleSet { rules, by_source, anchors: anchors.map(Arc::from), unanchored: unanchored.map(Arc::from), feeds })
+        Ok(RuleSet {
+            rules,
+            by_source,
+            anchors: anchors.map(Arc::from),
+            unanchored: unanchored.map(Arc::from),
+            feeds,
+        })
     }
 
     /// The built-in pack alone.
@@ -234,7 +294,11 @@ impl RuleSet {
 
     /// The built-in pack (when `config.builtin`) plus every `*.yml`/`*.yaml` under `config.dirs`.
     pub fn load(config: &RulesConfig) -> Result<RuleSet, Vec<RuleError>> {
-        let mut rules = if config.builtin { pack::rules()? } else { Vec::new() };
+        let mut rules = if config.builtin {
+            pack::rules()?
+        } else {
+            Vec::new()
+        };
         let mut errors = Vec::new();
         for dir in &config.dirs {
             match load_dir(dir) {
@@ -261,14 +325,22 @@ impl RuleSet {
 
     /// Looks a rule up by name or Sigma id.
     pub fn get(&self, name: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.name == name || r.sigma_id.as_deref() == Some(name))
+        self.rules
+            .iter()
+            .find(|r| r.name == name || r.sigma_id.as_deref() == Some(name))
     }
 }
 
 /// Parses every rule file under `dir` (recursively, sorted, `*.test.yml` excluded).
 pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<RuleError>> {
     let mut files = Vec::new();
-    collect(dir, &mut files).map_err(|e| vec![RuleError { file: dir.display().to_string(), line: 0, message: e.to_string() }])?;
+    collect(dir, &mut files).map_err(|e| {
+        vec![RuleError {
+            file: dir.display().to_string(),
+            line: 0,
+            message: e.to_string(),
+        }]
+    })?;
     files.sort();
     let mut rules = Vec::new();
     let mut errors = Vec::new();
@@ -279,10 +351,18 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, Vec<RuleError>> {
                 Ok(mut r) => rules.append(&mut r),
                 Err(mut e) => errors.append(&mut e),
             },
-            Err(e) => errors.push(RuleError { file: name, line: 0, message: format!("cannot read: {e}") }),
+            Err(e) => errors.push(RuleError {
+                file: name,
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }),
         }
     }
-    if errors.is_empty() { Ok(rules) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -298,7 +378,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn is_rule_file(p: &Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     (name.ends_with(".yml") || name.ends_with(".yaml")) && !name.contains(".test.")
 }
 
@@ -308,7 +391,10 @@ pub fn newest_mtime(dirs: &[PathBuf]) -> Option<std::time::SystemTime> {
     for d in dirs {
         let _ = collect(d, &mut files);
     }
-    files.iter().filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).max()
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .max()
 }
 
 /// Runs a [`RuleSet`] as a detector.
@@ -350,7 +436,12 @@ impl RuleEngine {
 
     /// Matches per rule name so far.
     pub fn matches(&self) -> FxHashMap<String, u64> {
-        self.set.rules.iter().zip(&self.matches).map(|(r, n)| (r.name.clone(), *n)).collect()
+        self.set
+            .rules
+            .iter()
+            .zip(&self.matches)
+            .map(|(r, n)| (r.name.clone(), *n))
+            .collect()
     }
 
     /// Swaps in a new rule set. Episode and correlation state is kept for rules whose text did
@@ -361,10 +452,22 @@ impl RuleEngine {
             .rules
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| self.set.rules.iter().position(|n| n.name == r.name && n.hash == r.hash).map(|j| (i, j)))
+            .filter_map(|(i, r)| {
+                self.set
+                    .rules
+                    .iter()
+                    .position(|n| n.name == r.name && n.hash == r.hash)
+                    .map(|j| (i, j))
+            })
             .collect();
-        self.episodes = std::mem::take(&mut self.episodes).into_iter().filter_map(|((i, k), e)| remap.get(&i).map(|&j| ((j, k), e))).collect();
-        self.correlations = std::mem::take(&mut self.correlations).into_iter().filter_map(|(i, s)| remap.get(&i).map(|&j| (j, s))).collect();
+        self.episodes = std::mem::take(&mut self.episodes)
+            .into_iter()
+            .filter_map(|((i, k), e)| remap.get(&i).map(|&j| ((j, k), e)))
+            .collect();
+        self.correlations = std::mem::take(&mut self.correlations)
+            .into_iter()
+            .filter_map(|(i, s)| remap.get(&i).map(|&j| (j, s)))
+            .collect();
         let mut matches = vec![0; self.set.rules.len()];
         for (i, j) in &remap {
             matches[*j] = self.matches[*i];
@@ -382,7 +485,14 @@ impl RuleEngine {
         self.correlations.values().map(|c| c.late).sum()
     }
 
-    fn run(&mut self, cx: &DetectContext<'_>, source: LogSource, stream_name: &str, batch: &RecordBatch, out: &mut Vec<Finding>) {
+    fn run(
+        &mut self,
+        cx: &DetectContext<'_>,
+        source: LogSource,
+        stream_name: &str,
+        batch: &RecordBatch,
+        out: &mut Vec<Finding>,
+    ) {
         let slot = source_slot(source);
         if self.set.by_source[slot].is_empty() || batch.num_rows() == 0 {
             return;
@@ -390,9 +500,16 @@ impl RuleEngine {
         let set = self.set.clone_index(slot);
         let mut candidates: Vec<usize> = Vec::with_capacity(self.set.by_source[slot].len());
         let mut folded = String::new();
-        let ts = batch.column_by_name(schema::TS).and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>()).cloned();
+        let ts = batch
+            .column_by_name(schema::TS)
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+            .cloned();
         let Some(ts) = ts else { return };
-        let id_col = if source == LogSource::Findings { crate::finding::columns::ID } else { schema::EVENT_ID };
+        let id_col = if source == LogSource::Findings {
+            crate::finding::columns::ID
+        } else {
+            schema::EVENT_ID
+        };
         let mut rows = Rows::new(batch, cx.inventory);
         for row in 0..batch.num_rows() {
             candidates.clear();
@@ -414,7 +531,9 @@ impl RuleEngine {
             candidates.sort_unstable();
             candidates.dedup();
             for &ri in &candidates {
-                let RuleKind::Detection(d) = &self.set.rules[ri].kind else { continue };
+                let RuleKind::Detection(d) = &self.set.rules[ri].kind else {
+                    continue;
+                };
                 if !d.matches(&mut rows, row) {
                     continue;
                 }
@@ -430,21 +549,57 @@ impl RuleEngine {
                 }
                 for feed in &self.set.feeds[ri] {
                     let key = group_key(&mut rows, row, &feed.group);
-                    let value = feed.value.as_ref().and_then(|a| first_text(&mut rows, row, a));
-                    let ev = Ev { ts: t, step: feed.step, event_id: event_id.clone(), value, entity: entity.clone() };
+                    let value = feed
+                        .value
+                        .as_ref()
+                        .and_then(|a| first_text(&mut rows, row, a));
+                    let ev = Ev {
+                        ts: t,
+                        step: feed.step,
+                        event_id: event_id.clone(),
+                        value,
+                        entity: entity.clone(),
+                    };
                     let rule = &self.set.rules[feed.correlation];
-                    let RuleKind::Correlation(c) = &rule.kind else { continue };
-                    self.correlations.entry(feed.correlation).or_default().on_event(rule, c, key, ev, cx.watermark, self.lateness_ns, cx.inventory, out);
+                    let RuleKind::Correlation(c) = &rule.kind else {
+                        continue;
+                    };
+                    self.correlations
+                        .entry(feed.correlation)
+                        .or_default()
+                        .on_event(
+                            rule,
+                            c,
+                            key,
+                            ev,
+                            cx.watermark,
+                            self.lateness_ns,
+                            cx.inventory,
+                            out,
+                        );
                 }
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)] // the row's facts, passed apart to avoid re-reading them
-    fn rule_finding(&mut self, ri: usize, rows: &mut Rows<'_>, row: usize, ts: i64, event_id: &str, entity: &Entity, out: &mut Vec<Finding>) {
+    fn rule_finding(
+        &mut self,
+        ri: usize,
+        rows: &mut Rows<'_>,
+        row: usize,
+        ts: i64,
+        event_id: &str,
+        entity: &Entity,
+        out: &mut Vec<Finding>,
+    ) {
         let rule = &self.set.rules[ri];
-        let user = rows.str(ka::USER, row).or_else(|| rows.str(fe::USER_NAME, row));
-        let object = rows.str(ka::NAME, row).or_else(|| rows.str(fe::PROC_NAME, row));
+        let user = rows
+            .str(ka::USER, row)
+            .or_else(|| rows.str(fe::USER_NAME, row));
+        let object = rows
+            .str(ka::NAME, row)
+            .or_else(|| rows.str(fe::PROC_NAME, row));
         let key = format!(
             "{}/{}/{}/{}/{}",
             entity.cluster.as_deref().unwrap_or(""),
@@ -458,10 +613,24 @@ impl RuleEngine {
         let ep = slot
             .and_modify(|e| {
                 if ts > e.last_ts + suppress {
-                    *e = RuleEpisode { id: finding_id(&rule.name, &key, ts), start: ts, last_ts: ts, count: 0, revision: 0, event_ids: Vec::new() };
+                    *e = RuleEpisode {
+                        id: finding_id(&rule.name, &key, ts),
+                        start: ts,
+                        last_ts: ts,
+                        count: 0,
+                        revision: 0,
+                        event_ids: Vec::new(),
+                    };
                 }
             })
-            .or_insert_with(|| RuleEpisode { id: finding_id(&rule.name, &key, ts), start: ts, last_ts: ts, count: 0, revision: 0, event_ids: Vec::new() });
+            .or_insert_with(|| RuleEpisode {
+                id: finding_id(&rule.name, &key, ts),
+                start: ts,
+                last_ts: ts,
+                count: 0,
+                revision: 0,
+                event_ids: Vec::new(),
+            });
         ep.count += 1;
         ep.last_ts = ep.last_ts.max(ts);
         if ep.event_ids.len() < MAX_EPISODE_EVENTS {
@@ -562,7 +731,13 @@ impl Detector for RuleEngine {
         "rules"
     }
 
-    fn observe(&mut self, cx: &DetectContext<'_>, stream: Stream, batch: &RecordBatch, out: &mut Vec<Finding>) {
+    fn observe(
+        &mut self,
+        cx: &DetectContext<'_>,
+        stream: Stream,
+        batch: &RecordBatch,
+        out: &mut Vec<Finding>,
+    ) {
         let source = match stream {
             Stream::K8sAudit => LogSource::K8sAudit,
             Stream::FalcoEvents => LogSource::Falco,
@@ -571,12 +746,21 @@ impl Detector for RuleEngine {
         self.run(cx, source, stream.name(), batch, out);
     }
 
-    fn observe_findings(&mut self, cx: &DetectContext<'_>, findings: &[Finding], out: &mut Vec<Finding>) {
+    fn observe_findings(
+        &mut self,
+        cx: &DetectContext<'_>,
+        findings: &[Finding],
+        out: &mut Vec<Finding>,
+    ) {
         if self.set.by_source[source_slot(LogSource::Findings)].is_empty() {
             return;
         }
         // A finding is an event once, when its episode is raised.
-        let raised: Vec<Finding> = findings.iter().filter(|f| f.revision == 0 && f.status == Status::Firing).cloned().collect();
+        let raised: Vec<Finding> = findings
+            .iter()
+            .filter(|f| f.revision == 0 && f.status == Status::Firing)
+            .cloned()
+            .collect();
         if raised.is_empty() {
             return;
         }
@@ -588,7 +772,14 @@ impl Detector for RuleEngine {
         for (i, state) in &mut self.correlations {
             let rule = &self.set.rules[*i];
             if let RuleKind::Correlation(c) = &rule.kind {
-                state.on_tick(rule, c, cx.watermark.max(now), self.lateness_ns, cx.inventory, out);
+                state.on_tick(
+                    rule,
+                    c,
+                    cx.watermark.max(now),
+                    self.lateness_ns,
+                    cx.inventory,
+                    out,
+                );
             }
         }
         let horizon = now.saturating_sub(self.suppress_ns);
@@ -596,12 +787,26 @@ impl Detector for RuleEngine {
     }
 
     fn state_bytes(&self) -> usize {
-        self.episodes.iter().map(|((_, k), e)| k.len() + 96 + e.event_ids.iter().map(|s| s.len() + 24).sum::<usize>()).sum::<usize>()
-            + self.correlations.values().map(CorrelationState::state_bytes).sum::<usize>()
+        self.episodes
+            .iter()
+            .map(|((_, k), e)| {
+                k.len() + 96 + e.event_ids.iter().map(|s| s.len() + 24).sum::<usize>()
+            })
+            .sum::<usize>()
+            + self
+                .correlations
+                .values()
+                .map(CorrelationState::state_bytes)
+                .sum::<usize>()
     }
 
     fn series(&self) -> usize {
-        self.episodes.len() + self.correlations.values().map(CorrelationState::groups).sum::<usize>()
+        self.episodes.len()
+            + self
+                .correlations
+                .values()
+                .map(CorrelationState::groups)
+                .sum::<usize>()
     }
 }
 

@@ -15,7 +15,8 @@ fn fixtures() -> PathBuf {
 }
 
 fn audit_fixture(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixtures().join("real/k8s-audit").join(name)).expect("fixture");
+    let text =
+        std::fs::read_to_string(fixtures().join("real/k8s-audit").join(name)).expect("fixture");
     serde_json::from_str(text.lines().next().expect("a line")).expect("json")
 }
 
@@ -26,7 +27,8 @@ fn engine(set: RuleSet) -> Engine {
 }
 
 fn feed(e: &mut Engine, stream: Stream, event: &Value) -> Vec<Finding> {
-    let d = decode::decode(stream, event.to_string().as_bytes(), &DecodeContext::new(0)).expect("decode");
+    let d = decode::decode(stream, event.to_string().as_bytes(), &DecodeContext::new(0))
+        .expect("decode");
     assert!(d.quarantined.is_empty(), "{:?}", d.quarantined);
     let mut out = Vec::new();
     e.observe(stream, &d.batch, &mut out);
@@ -53,7 +55,8 @@ fn sigmahq_kubernetes_rules_load_unchanged_and_fire() {
 
     let exec = audit_fixture("falco-trace-exec_pod.jsonl");
     let lease = audit_fixture("elastic-aks-kube-audit-wrapped.jsonl");
-    let lease = serde_json::from_str::<Value>(lease["properties"]["log"].as_str().expect("log")).expect("inner event");
+    let lease = serde_json::from_str::<Value>(lease["properties"]["log"].as_str().expect("log"))
+        .expect("inner event");
     let secret = audit_fixture("falco-trace-create_secret.jsonl");
     let crb = audit_fixture("falco-trace-create_clusterrolebinding.jsonl");
     let mount = audit_fixture("falco-trace-create_nginx_pod_sensitive_mount.jsonl");
@@ -67,25 +70,115 @@ fn sigmahq_kubernetes_rules_load_unchanged_and_fire() {
         v
     };
     let cases: Vec<(&str, Value)> = vec![
-        ("kubernetes_audit_change_admission_controller", edit(&lease, &[("objectRef/apiGroup", json!("admissionregistration.k8s.io")), ("objectRef/resource", json!("validatingwebhookconfigurations")), ("verb", json!("patch"))])),
-        ("kubernetes_audit_cronjob_modification", edit(&lease, &[("objectRef/apiGroup", json!("batch")), ("objectRef/resource", json!("cronjobs")), ("verb", json!("create"))])),
-        ("kubernetes_audit_deployment_deleted", edit(&lease, &[("objectRef/apiGroup", json!("apps")), ("objectRef/resource", json!("deployments")), ("verb", json!("delete"))])),
-        ("kubernetes_audit_events_deleted", edit(&lease, &[("objectRef/apiGroup", json!("")), ("objectRef/resource", json!("events")), ("verb", json!("delete"))])),
+        (
+            "kubernetes_audit_change_admission_controller",
+            edit(
+                &lease,
+                &[
+                    ("objectRef/apiGroup", json!("admissionregistration.k8s.io")),
+                    (
+                        "objectRef/resource",
+                        json!("validatingwebhookconfigurations"),
+                    ),
+                    ("verb", json!("patch")),
+                ],
+            ),
+        ),
+        (
+            "kubernetes_audit_cronjob_modification",
+            edit(
+                &lease,
+                &[
+                    ("objectRef/apiGroup", json!("batch")),
+                    ("objectRef/resource", json!("cronjobs")),
+                    ("verb", json!("create")),
+                ],
+            ),
+        ),
+        (
+            "kubernetes_audit_deployment_deleted",
+            edit(
+                &lease,
+                &[
+                    ("objectRef/apiGroup", json!("apps")),
+                    ("objectRef/resource", json!("deployments")),
+                    ("verb", json!("delete")),
+                ],
+            ),
+        ),
+        (
+            "kubernetes_audit_events_deleted",
+            edit(
+                &lease,
+                &[
+                    ("objectRef/apiGroup", json!("")),
+                    ("objectRef/resource", json!("events")),
+                    ("verb", json!("delete")),
+                ],
+            ),
+        ),
         ("kubernetes_audit_exec_into_container", exec.clone()),
         ("kubernetes_audit_hostpath_mount", mount.clone()),
-        ("kubernetes_audit_pod_in_system_namespace", edit(&privileged, &[("objectRef/namespace", json!("kube-system"))])),
-        ("kubernetes_audit_potential_enumeration_activity", edit(&lease, &[("userAgent", json!("trufflehog/3.63"))])),
+        (
+            "kubernetes_audit_pod_in_system_namespace",
+            edit(
+                &privileged,
+                &[("objectRef/namespace", json!("kube-system"))],
+            ),
+        ),
+        (
+            "kubernetes_audit_potential_enumeration_activity",
+            edit(&lease, &[("userAgent", json!("trufflehog/3.63"))]),
+        ),
         (
             "kubernetes_audit_privileged_pod_creation",
-            edit(&mount, &[("requestObject/spec/containers", json!([{"name": "c", "image": "x", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]))]),
+            edit(
+                &mount,
+                &[(
+                    "requestObject/spec/containers",
+                    json!([{"name": "c", "image": "x", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]),
+                )],
+            ),
         ),
-        ("kubernetes_audit_rbac_permisions_listing", edit(&lease, &[("objectRef/apiGroup", json!("authorization.k8s.io")), ("objectRef/resource", json!("selfsubjectrulesreviews")), ("verb", json!("create"))])),
+        (
+            "kubernetes_audit_rbac_permisions_listing",
+            edit(
+                &lease,
+                &[
+                    ("objectRef/apiGroup", json!("authorization.k8s.io")),
+                    ("objectRef/resource", json!("selfsubjectrulesreviews")),
+                    ("verb", json!("create")),
+                ],
+            ),
+        ),
         ("kubernetes_audit_rolebinding_modification", crb.clone()),
-        ("kubernetes_audit_secrets_enumeration", edit(&secret, &[("verb", json!("list"))])),
-        ("kubernetes_audit_secrets_modified_or_deleted", secret.clone()),
-        ("kubernetes_audit_serviceaccount_creation", edit(&secret, &[("objectRef/resource", json!("serviceaccounts"))])),
-        ("kubernetes_audit_sidecar_injection", edit(&lease, &[("objectRef/apiGroup", json!("apps")), ("objectRef/resource", json!("deployments")), ("verb", json!("patch"))])),
-        ("kubernetes_audit_unauthorized_unauthenticated_actions", edit(&lease, &[("responseStatus/code", json!(403))])),
+        (
+            "kubernetes_audit_secrets_enumeration",
+            edit(&secret, &[("verb", json!("list"))]),
+        ),
+        (
+            "kubernetes_audit_secrets_modified_or_deleted",
+            secret.clone(),
+        ),
+        (
+            "kubernetes_audit_serviceaccount_creation",
+            edit(&secret, &[("objectRef/resource", json!("serviceaccounts"))]),
+        ),
+        (
+            "kubernetes_audit_sidecar_injection",
+            edit(
+                &lease,
+                &[
+                    ("objectRef/apiGroup", json!("apps")),
+                    ("objectRef/resource", json!("deployments")),
+                    ("verb", json!("patch")),
+                ],
+            ),
+        ),
+        (
+            "kubernetes_audit_unauthorized_unauthenticated_actions",
+            edit(&lease, &[("responseStatus/code", json!(403))]),
+        ),
     ];
     let names: Vec<&str> = set.rules().iter().map(|r| r.name.as_str()).collect();
     for (rule, _) in &cases {
@@ -123,19 +216,43 @@ fn falco(uuid: &str, rule: &str, ns: &str, pod: &str, t: i64, fields: Value) -> 
     if let (Some(o), Some(extra)) = (of.as_object_mut(), fields.as_object()) {
         o.extend(extra.clone());
     }
-    (Stream::FalcoEvents, json!({"uuid": uuid, "rule": rule, "priority": "Critical", "time": at(t), "output_fields": of}))
+    (
+        Stream::FalcoEvents,
+        json!({"uuid": uuid, "rule": rule, "priority": "Critical", "time": at(t), "output_fields": of}),
+    )
 }
 
 fn shell(uuid: &str, ns: &str, pod: &str, t: i64) -> (Stream, Value) {
-    falco(uuid, "Terminal shell in container", ns, pod, t, json!({"evt.type": "execve", "proc.name": "sh"}))
+    falco(
+        uuid,
+        "Terminal shell in container",
+        ns,
+        pod,
+        t,
+        json!({"evt.type": "execve", "proc.name": "sh"}),
+    )
 }
 
 fn gpu_open(uuid: &str, ns: &str, pod: &str, t: i64) -> (Stream, Value) {
-    falco(uuid, "Container Accessing GPU Device", ns, pod, t, json!({"fd.name": "/dev/nvidiactl", "proc.name": "kworkerds"}))
+    falco(
+        uuid,
+        "Container Accessing GPU Device",
+        ns,
+        pod,
+        t,
+        json!({"fd.name": "/dev/nvidiactl", "proc.name": "kworkerds"}),
+    )
 }
 
 fn pool(uuid: &str, ns: &str, pod: &str, t: i64) -> (Stream, Value) {
-    falco(uuid, "Unexpected outbound connection", ns, pod, t, json!({"evt.type": "connect", "fd.rport": 3333, "fd.name": "10.0.0.5:4000->198.51.100.7:3333"}))
+    falco(
+        uuid,
+        "Unexpected outbound connection",
+        ns,
+        pod,
+        t,
+        json!({"evt.type": "connect", "fd.rport": 3333, "fd.name": "10.0.0.5:4000->198.51.100.7:3333"}),
+    )
 }
 
 fn spike(ns: &str, pod: &str, t: i64) -> Finding {
@@ -181,7 +298,10 @@ fn run(steps: Vec<Step>) -> Vec<Finding> {
 }
 
 fn incidents(findings: &[Finding]) -> Vec<&Finding> {
-    findings.iter().filter(|f| f.detector == "compromised_gpu_container").collect()
+    findings
+        .iter()
+        .filter(|f| f.detector == "compromised_gpu_container")
+        .collect()
 }
 
 fn full_chain(ns: &str, pod: &str, offset: i64) -> Vec<Step> {
@@ -201,12 +321,18 @@ fn the_incident_fires_once_in_order_with_every_contributing_id() {
     let ids: std::collections::BTreeSet<&str> = inc.iter().map(|f| f.id.as_str()).collect();
     assert_eq!(ids.len(), 1, "one episode: {inc:#?}");
     // Raised at two steps, then updated as steps arrive, ending critical with the full chain.
-    assert_eq!(inc.first().map(|f| (f.severity, f.revision)), Some((Severity::High, 0)));
+    assert_eq!(
+        inc.first().map(|f| (f.severity, f.revision)),
+        Some((Severity::High, 0))
+    );
     let last = inc.last().expect("incident");
     assert_eq!(last.severity, Severity::Critical);
     assert_eq!(last.revision as usize, inc.len() - 1);
     assert_eq!(last.mitre, ["T1609", "T1496"]);
-    assert_eq!((last.namespace.as_deref(), last.pod.as_deref()), (Some("ml"), Some("infer-0")));
+    assert_eq!(
+        (last.namespace.as_deref(), last.pod.as_deref()),
+        (Some("ml"), Some("infer-0"))
+    );
     assert_eq!(
         last.event_ids,
         [
@@ -217,8 +343,22 @@ fn the_incident_fires_once_in_order_with_every_contributing_id() {
             "falco_events:f-pool".into(),
         ]
     );
-    let steps: Vec<&str> = last.evidence["steps"].as_array().expect("steps").iter().map(|s| s["rule"].as_str().unwrap_or("")).collect();
-    assert_eq!(steps, ["exec_into_pod", "shell_or_new_process_in_container", "gpu_device_opened", "gpu_misuse_finding", "miner_pool_connection"]);
+    let steps: Vec<&str> = last.evidence["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["rule"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "exec_into_pod",
+            "shell_or_new_process_in_container",
+            "gpu_device_opened",
+            "gpu_misuse_finding",
+            "miner_pool_connection"
+        ]
+    );
 }
 
 #[test]
@@ -235,16 +375,25 @@ fn steps_on_different_pods_do_not_correlate() {
 
 #[test]
 fn steps_outside_the_window_do_not_correlate() {
-    let out = run(vec![Step::Event(exec("c1", "ml", "a", 0)), Step::Event(shell("s1", "ml", "a", 31 * 60))]);
+    let out = run(vec![
+        Step::Event(exec("c1", "ml", "a", 0)),
+        Step::Event(shell("s1", "ml", "a", 31 * 60)),
+    ]);
     assert_eq!(incidents(&out).len(), 0);
-    let out = run(vec![Step::Event(exec("c1", "ml", "a", 0)), Step::Event(shell("s1", "ml", "a", 29 * 60))]);
+    let out = run(vec![
+        Step::Event(exec("c1", "ml", "a", 0)),
+        Step::Event(shell("s1", "ml", "a", 29 * 60)),
+    ]);
     assert_eq!(incidents(&out).len(), 1);
 }
 
 #[test]
 fn steps_in_the_wrong_order_do_not_correlate() {
     // The shell came before the exec: not the ordered chain.
-    let out = run(vec![Step::Event(shell("s1", "ml", "a", 0)), Step::Event(exec("c1", "ml", "a", 10))]);
+    let out = run(vec![
+        Step::Event(shell("s1", "ml", "a", 0)),
+        Step::Event(exec("c1", "ml", "a", 10)),
+    ]);
     assert_eq!(incidents(&out).len(), 0);
 }
 
@@ -269,8 +418,14 @@ fn late_events_beyond_the_allowed_lateness_are_dropped() {
 
 #[test]
 fn replaying_twice_gives_identical_ids() {
-    let a: Vec<String> = run(full_chain("ml", "infer-0", 0)).into_iter().map(|f| f.id).collect();
-    let b: Vec<String> = run(full_chain("ml", "infer-0", 0)).into_iter().map(|f| f.id).collect();
+    let a: Vec<String> = run(full_chain("ml", "infer-0", 0))
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    let b: Vec<String> = run(full_chain("ml", "infer-0", 0))
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
     assert!(!a.is_empty());
     assert_eq!(a, b);
 }
@@ -324,17 +479,38 @@ fn binding(verb: &str, name: &str, t: i64) -> Value {
 fn absence_fires_when_the_follower_never_comes() {
     let mut e = engine(custom(ABSENCE));
     let mut out = Vec::new();
-    out.extend(feed(&mut e, Stream::K8sAudit, &binding("create", "temp-admin", 0)));
-    out.extend(feed(&mut e, Stream::K8sAudit, &binding("create", "cleaned-up", 0)));
-    out.extend(feed(&mut e, Stream::K8sAudit, &binding("delete", "cleaned-up", 120)));
-    assert!(out.iter().all(|f| f.detector != "binding_left_behind"), "not before the window closed");
+    out.extend(feed(
+        &mut e,
+        Stream::K8sAudit,
+        &binding("create", "temp-admin", 0),
+    ));
+    out.extend(feed(
+        &mut e,
+        Stream::K8sAudit,
+        &binding("create", "cleaned-up", 0),
+    ));
+    out.extend(feed(
+        &mut e,
+        Stream::K8sAudit,
+        &binding("delete", "cleaned-up", 120),
+    ));
+    assert!(
+        out.iter().all(|f| f.detector != "binding_left_behind"),
+        "not before the window closed"
+    );
     // Event time moves past the window plus the lateness.
     let wm = gpusiem_ingest::time::parse_rfc3339_nanos(&at(5 * 60 + 31)).expect("t");
     e.tick(wm, &mut out);
-    let left: Vec<&Finding> = out.iter().filter(|f| f.detector == "binding_left_behind").collect();
+    let left: Vec<&Finding> = out
+        .iter()
+        .filter(|f| f.detector == "binding_left_behind")
+        .collect();
     assert_eq!(left.len(), 1, "{left:#?}");
     assert_eq!(left[0].evidence["group"], "temp-admin");
-    assert_eq!(left[0].event_ids, ["k8s_audit:create-temp-admin-0/ResponseComplete"]);
+    assert_eq!(
+        left[0].event_ids,
+        ["k8s_audit:create-temp-admin-0/ResponseComplete"]
+    );
 }
 
 const COUNTS: &str = r#"
@@ -382,15 +558,34 @@ fn count_correlations() {
     for t in 0..4 {
         out.extend(feed(&mut e, Stream::K8sAudit, &denied("eve", "secrets", t)));
     }
-    assert!(out.iter().all(|f| f.detector != "forbidden_burst"), "four is below the threshold");
+    assert!(
+        out.iter().all(|f| f.detector != "forbidden_burst"),
+        "four is below the threshold"
+    );
     out.extend(feed(&mut e, Stream::K8sAudit, &denied("eve", "secrets", 5)));
     out.extend(feed(&mut e, Stream::K8sAudit, &denied("eve", "secrets", 6)));
-    let burst: std::collections::BTreeSet<&str> = out.iter().filter(|f| f.detector == "forbidden_burst").map(|f| f.id.as_str()).collect();
+    let burst: std::collections::BTreeSet<&str> = out
+        .iter()
+        .filter(|f| f.detector == "forbidden_burst")
+        .map(|f| f.id.as_str())
+        .collect();
     assert_eq!(burst.len(), 1);
-    assert!(out.iter().all(|f| f.detector != "forbidden_spread"), "one resource only");
-    out.extend(feed(&mut e, Stream::K8sAudit, &denied("eve", "configmaps", 7)));
+    assert!(
+        out.iter().all(|f| f.detector != "forbidden_spread"),
+        "one resource only"
+    );
+    out.extend(feed(
+        &mut e,
+        Stream::K8sAudit,
+        &denied("eve", "configmaps", 7),
+    ));
     out.extend(feed(&mut e, Stream::K8sAudit, &denied("eve", "pods", 8)));
-    assert_eq!(out.iter().filter(|f| f.detector == "forbidden_spread").count(), 1);
+    assert_eq!(
+        out.iter()
+            .filter(|f| f.detector == "forbidden_spread")
+            .count(),
+        1
+    );
     // Another user stays apart.
     let before = out.len();
     out.extend(feed(&mut e, Stream::K8sAudit, &denied("bob", "secrets", 9)));
@@ -409,7 +604,14 @@ fn rule_errors_name_file_and_line() {
 }
 
 fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gpusiem-rules-{}-{}", std::process::id(), std::thread::current().name().unwrap_or("t").replace("::", "-")));
+    let d = std::env::temp_dir().join(format!(
+        "gpusiem-rules-{}-{}",
+        std::process::id(),
+        std::thread::current()
+            .name()
+            .unwrap_or("t")
+            .replace("::", "-")
+    ));
     std::fs::create_dir_all(&d).expect("tempdir");
     d
 }

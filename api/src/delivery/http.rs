@@ -67,13 +67,20 @@ pub fn validate_url(path: &str, url: &str, allow_loopback: bool, p: &mut Problem
         return;
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        p.push(path, "must not hold credentials; use the *_file or *_env options");
+        p.push(
+            path,
+            "must not hold credentials; use the *_file or *_env options",
+        );
     }
     let Some(host) = parsed.host_str() else {
         p.push(path, "has no host");
         return;
     };
-    match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         Ok(ip) => {
             if let Some(why) = forbidden(ip, allow_loopback) {
                 p.push(path, format!("is {why}"));
@@ -82,7 +89,10 @@ pub fn validate_url(path: &str, url: &str, allow_loopback: bool, p: &mut Problem
         Err(_) => {
             let d = host.trim_end_matches('.').to_ascii_lowercase();
             if (d == "localhost" || d.ends_with(".localhost")) && !allow_loopback {
-                p.push(path, "is a loopback address (set allow_loopback = true to allow it)");
+                p.push(
+                    path,
+                    "is a loopback address (set allow_loopback = true to allow it)",
+                );
             }
             if d == "metadata.google.internal" || d == "metadata" {
                 p.push(path, "is a cloud metadata address");
@@ -103,9 +113,16 @@ impl Resolve for GuardedResolver {
         let host = name.as_str().to_string();
         Box::pin(async move {
             let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let ok: Vec<SocketAddr> = all.iter().copied().filter(|a| forbidden(a.ip(), allow_loopback).is_none()).collect();
+            let ok: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| forbidden(a.ip(), allow_loopback).is_none())
+                .collect();
             if ok.is_empty() {
-                let why = all.first().and_then(|a| forbidden(a.ip(), allow_loopback)).unwrap_or("no address");
+                let why = all
+                    .first()
+                    .and_then(|a| forbidden(a.ip(), allow_loopback))
+                    .unwrap_or("no address");
                 return Err(format!("{host} resolves only to forbidden addresses ({why})").into());
             }
             Ok(Box::new(ok.into_iter()) as Addrs)
@@ -126,13 +143,19 @@ pub struct ClientOptions {
 
 /// Builds a client: rustls, no redirects, timeouts, the guarded resolver, extra CAs.
 pub fn client(target: &str, o: &ClientOptions) -> crate::Result<reqwest::Client> {
-    let fail = |reason: String| crate::Error::Delivery { target: target.to_string(), op: "building the HTTP client", reason };
+    let fail = |reason: String| crate::Error::Delivery {
+        target: target.to_string(),
+        op: "building the HTTP client",
+        reason,
+    };
     let mut b = gpusiem_ingest::source::http_client_builder()
         .timeout(o.timeout)
         .connect_timeout(o.timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
-        .dns_resolver(Arc::new(GuardedResolver { allow_loopback: o.allow_loopback }));
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow_loopback: o.allow_loopback,
+        }));
     if let Some(ca) = &o.ca_file {
         b = b.tls_certs_merge(load_ca(ca).map_err(fail)?);
     }
@@ -140,8 +163,10 @@ pub fn client(target: &str, o: &ClientOptions) -> crate::Result<reqwest::Client>
 }
 
 fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
-    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{}: not a PEM CA bundle: {e}", path.display()))
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: not a PEM CA bundle: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -171,22 +196,38 @@ mod tests {
         ] {
             assert!(!problems(bad, true).is_empty(), "{bad} accepted");
         }
-        for loopback in ["http://127.0.0.1:3100", "http://[::1]:3100", "http://localhost:3100"] {
+        for loopback in [
+            "http://127.0.0.1:3100",
+            "http://[::1]:3100",
+            "http://localhost:3100",
+        ] {
             assert!(!problems(loopback, false).is_empty(), "{loopback} accepted");
-            assert!(problems(loopback, true).is_empty(), "{loopback} refused with allow_loopback");
+            assert!(
+                problems(loopback, true).is_empty(),
+                "{loopback} refused with allow_loopback"
+            );
         }
-        for good in ["http://loki:3100", "https://es.example.com:9200", "https://hooks.slack.com/services/T/B/x", "http://10.0.0.5:3100"] {
+        for good in [
+            "http://loki:3100",
+            "https://es.example.com:9200",
+            "https://hooks.slack.com/services/T/B/x",
+            "http://10.0.0.5:3100",
+        ] {
             assert!(problems(good, false).is_empty(), "{good} refused");
         }
     }
 
     #[tokio::test]
     async fn names_resolving_to_loopback_are_refused_at_connect() {
-        let r = GuardedResolver { allow_loopback: false };
+        let r = GuardedResolver {
+            allow_loopback: false,
+        };
         let name: Name = "localhost".parse().expect("name");
         let err = r.resolve(name).await.err().expect("refused");
         assert!(err.to_string().contains("forbidden"), "{err}");
-        let r = GuardedResolver { allow_loopback: true };
+        let r = GuardedResolver {
+            allow_loopback: true,
+        };
         assert!(r.resolve("localhost".parse().expect("name")).await.is_ok());
     }
 }

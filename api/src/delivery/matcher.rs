@@ -13,7 +13,19 @@ use regex::Regex;
 
 /// Field names a matcher or `group_by` may use.
 pub const FIELDS: &[&str] = &[
-    "id", "detector", "severity", "status", "cluster", "namespace", "pod", "pod_uid", "container", "node", "gpu_uuid", "role", "mitre",
+    "id",
+    "detector",
+    "severity",
+    "status",
+    "cluster",
+    "namespace",
+    "pod",
+    "pod_uid",
+    "container",
+    "node",
+    "gpu_uuid",
+    "role",
+    "mitre",
 ];
 
 /// The value of a field of a finding (`mitre` joined with `,`).
@@ -76,7 +88,9 @@ impl Matcher {
     /// Parses `name<op>"value"` (the quotes may be left out).
     pub fn parse(s: &str) -> Result<Matcher, String> {
         let s = s.trim();
-        let at = s.find(['=', '!']).ok_or_else(|| format!("{s:?}: expected name=\"value\", name!=\"value\", name=~\"re\" or name!~\"re\""))?;
+        let at = s.find(['=', '!']).ok_or_else(|| {
+            format!("{s:?}: expected name=\"value\", name!=\"value\", name=~\"re\" or name!~\"re\"")
+        })?;
         let name = s[..at].trim();
         let rest = &s[at..];
         let (op, value) = if let Some(v) = rest.strip_prefix("=~") {
@@ -91,7 +105,10 @@ impl Matcher {
             return Err(format!("{s:?}: unknown operator"));
         };
         if !FIELDS.contains(&name) {
-            return Err(format!("{s:?}: unknown field {name:?}; one of {}", FIELDS.join(", ")));
+            return Err(format!(
+                "{s:?}: unknown field {name:?}; one of {}",
+                FIELDS.join(", ")
+            ));
         }
         let value = value.trim();
         let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
@@ -107,12 +124,20 @@ impl Matcher {
             ),
             _ => None,
         };
-        Ok(Matcher { name: name.to_string(), op, value, re })
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value,
+            re,
+        })
     }
 
     /// Parses a list, returning every error.
     pub fn parse_all(list: &[String]) -> Result<Vec<Matcher>, Vec<String>> {
-        let (ok, err): (Vec<_>, Vec<_>) = list.iter().map(|s| Matcher::parse(s)).partition(Result::is_ok);
+        let (ok, err): (Vec<_>, Vec<_>) = list
+            .iter()
+            .map(|s| Matcher::parse(s))
+            .partition(Result::is_ok);
         if err.is_empty() {
             Ok(ok.into_iter().filter_map(Result::ok).collect())
         } else {
@@ -137,7 +162,11 @@ impl Matcher {
     pub fn matches(&self, f: &Finding) -> bool {
         let positive = matches!(self.op, Op::Eq | Op::Re);
         let any = if self.name == "mitre" {
-            if f.mitre.is_empty() { self.test("") } else { f.mitre.iter().any(|m| self.test(m)) }
+            if f.mitre.is_empty() {
+                self.test("")
+            } else {
+                f.mitre.iter().any(|m| self.test(m))
+            }
         } else {
             self.test(&field(f, &self.name))
         };
@@ -199,9 +228,25 @@ mod tests {
     #[test]
     fn bad_matchers_say_why() {
         assert!(Matcher::parse("nope").is_err());
-        assert!(Matcher::parse(r#"podname="x""#).expect_err("field").contains("unknown field"));
-        assert!(Matcher::parse(r#"pod=~"(""#).expect_err("re").contains("bad regex"));
-        assert_eq!(Matcher::parse_all(&["pod=a".into(), "x=1".into(), "y~2".into()]).expect_err("two").len(), 2);
-        assert_eq!(Matcher::parse(r#"pod=~"a.*""#).expect("ok").to_string(), r#"pod=~"a.*""#);
+        assert!(
+            Matcher::parse(r#"podname="x""#)
+                .expect_err("field")
+                .contains("unknown field")
+        );
+        assert!(
+            Matcher::parse(r#"pod=~"(""#)
+                .expect_err("re")
+                .contains("bad regex")
+        );
+        assert_eq!(
+            Matcher::parse_all(&["pod=a".into(), "x=1".into(), "y~2".into()])
+                .expect_err("two")
+                .len(),
+            2
+        );
+        assert_eq!(
+            Matcher::parse(r#"pod=~"a.*""#).expect("ok").to_string(),
+            r#"pod=~"a.*""#
+        );
     }
 }

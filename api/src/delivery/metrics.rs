@@ -50,8 +50,12 @@ pub enum DeadLetterReason {
 
 impl DeadLetterReason {
     /// Every reason, so a target's series exist (at 0) before anything went wrong.
-    pub const ALL: [DeadLetterReason; 4] =
-        [DeadLetterReason::Rejected, DeadLetterReason::Gone, DeadLetterReason::RetriesExhausted, DeadLetterReason::Undecodable];
+    pub const ALL: [DeadLetterReason; 4] = [
+        DeadLetterReason::Rejected,
+        DeadLetterReason::Gone,
+        DeadLetterReason::RetriesExhausted,
+        DeadLetterReason::Undecodable,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -81,8 +85,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, so a target's series exist (at 0) before anything was dropped.
-    pub const ALL: [DropReason; 5] =
-        [DropReason::OutboxFull, DropReason::Corrupt, DropReason::Silenced, DropReason::Inhibited, DropReason::Unrouted];
+    pub const ALL: [DropReason; 5] = [
+        DropReason::OutboxFull,
+        DropReason::Corrupt,
+        DropReason::Silenced,
+        DropReason::Inhibited,
+        DropReason::Unrouted,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -143,15 +152,51 @@ impl DeliveryMetrics {
     /// Creates the metrics and registers them.
     pub fn register(registry: &mut Registry) -> Self {
         let m = DeliveryMetrics::default();
-        registry.register("gpusiem_delivery_received", "Items written to a delivery outbox (or recovered from it at startup)", m.received.clone());
-        registry.register("gpusiem_delivery_delivered", "Items the receiver acknowledged", m.delivered.clone());
-        registry.register("gpusiem_delivery_queued", "Items in a delivery outbox, not yet settled", m.queued.clone());
-        registry.register("gpusiem_delivery_dead_lettered", "Items written to the dead-letter file, by reason", m.dead_lettered.clone());
-        registry.register("gpusiem_delivery_dropped", "Items dropped, by reason", m.dropped.clone());
-        registry.register("gpusiem_delivery_retries", "Requests that failed and will be sent again", m.retries.clone());
-        registry.register("gpusiem_delivery_requests", "Requests sent to a receiver", m.requests.clone());
-        registry.register("gpusiem_delivery_outbox_bytes", "Bytes of outbox segments on disk", m.outbox_bytes.clone());
-        registry.register("gpusiem_delivery_latency_seconds", "Time from outbox write to acknowledgement", m.latency.clone());
+        registry.register(
+            "gpusiem_delivery_received",
+            "Items written to a delivery outbox (or recovered from it at startup)",
+            m.received.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_delivered",
+            "Items the receiver acknowledged",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_queued",
+            "Items in a delivery outbox, not yet settled",
+            m.queued.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_dead_lettered",
+            "Items written to the dead-letter file, by reason",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_dropped",
+            "Items dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_retries",
+            "Requests that failed and will be sent again",
+            m.retries.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_requests",
+            "Requests sent to a receiver",
+            m.requests.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_outbox_bytes",
+            "Bytes of outbox segments on disk",
+            m.outbox_bytes.clone(),
+        );
+        registry.register(
+            "gpusiem_delivery_latency_seconds",
+            "Time from outbox write to acknowledgement",
+            m.latency.clone(),
+        );
         m
     }
 
@@ -160,12 +205,20 @@ impl DeliveryMetrics {
     /// Creates every series of the target at 0, so dashboards and `rate()` see the target from
     /// its start rather than from its first failure.
     pub fn target(&self, target: &str) -> TargetMetrics {
-        let t = TargetLabels { target: target.to_string() };
+        let t = TargetLabels {
+            target: target.to_string(),
+        };
         for r in DeadLetterReason::ALL {
-            let _ = self.dead_lettered.get_or_create(&ReasonLabels { target: target.to_string(), reason: r.as_str() });
+            let _ = self.dead_lettered.get_or_create(&ReasonLabels {
+                target: target.to_string(),
+                reason: r.as_str(),
+            });
         }
         for r in DropReason::ALL {
-            let _ = self.dropped.get_or_create(&ReasonLabels { target: target.to_string(), reason: r.as_str() });
+            let _ = self.dropped.get_or_create(&ReasonLabels {
+                target: target.to_string(),
+                reason: r.as_str(),
+            });
         }
         TargetMetrics {
             name: target.to_string(),
@@ -182,15 +235,29 @@ impl DeliveryMetrics {
 
     /// A snapshot of one target's accounting (tests, `drain` logs).
     pub fn accounting(&self, target: &str) -> Accounting {
-        let t = TargetLabels { target: target.to_string() };
+        let t = TargetLabels {
+            target: target.to_string(),
+        };
         let sum = |f: &Family<ReasonLabels, Counter>, reasons: &[&'static str]| -> u64 {
-            reasons.iter().map(|r| f.get_or_create(&ReasonLabels { target: target.to_string(), reason: r }).get()).sum()
+            reasons
+                .iter()
+                .map(|r| {
+                    f.get_or_create(&ReasonLabels {
+                        target: target.to_string(),
+                        reason: r,
+                    })
+                    .get()
+                })
+                .sum()
         };
         Accounting {
             received: self.received.get_or_create(&t).get(),
             delivered: self.delivered.get_or_create(&t).get(),
             queued: u64::try_from(self.queued.get_or_create(&t).get()).unwrap_or(0),
-            dead_lettered: sum(&self.dead_lettered, &DeadLetterReason::ALL.map(DeadLetterReason::as_str)),
+            dead_lettered: sum(
+                &self.dead_lettered,
+                &DeadLetterReason::ALL.map(DeadLetterReason::as_str),
+            ),
             dropped: sum(&self.dropped, &DropReason::ALL.map(DropReason::as_str)),
             retries: self.retries.get_or_create(&t).get(),
         }
@@ -221,12 +288,24 @@ pub struct TargetMetrics {
 impl TargetMetrics {
     /// Counts `n` dead-lettered items.
     pub fn dead_lettered(&self, reason: DeadLetterReason, n: u64) {
-        self.family.dead_lettered.get_or_create(&ReasonLabels { target: self.name.clone(), reason: reason.as_str() }).inc_by(n);
+        self.family
+            .dead_lettered
+            .get_or_create(&ReasonLabels {
+                target: self.name.clone(),
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
     }
 
     /// Counts `n` dropped items.
     pub fn dropped(&self, reason: DropReason, n: u64) {
-        self.family.dropped.get_or_create(&ReasonLabels { target: self.name.clone(), reason: reason.as_str() }).inc_by(n);
+        self.family
+            .dropped
+            .get_or_create(&ReasonLabels {
+                target: self.name.clone(),
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
     }
 }
 

@@ -50,7 +50,11 @@ impl Alert {
             Status::Resolved => self.resolved,
         };
         let mut t = format!("[{}:{}]", self.status.as_str().to_uppercase(), count);
-        let detector = self.group_labels.get("detector").cloned().or_else(|| self.findings.first().map(|f| f.detector.clone()));
+        let detector = self
+            .group_labels
+            .get("detector")
+            .cloned()
+            .or_else(|| self.findings.first().map(|f| f.detector.clone()));
         if let Some(d) = detector {
             t.push(' ');
             t.push_str(&d);
@@ -146,7 +150,11 @@ pub fn slack_escape(s: &str, max: usize) -> String {
 
 /// At most `max` characters, control characters replaced (PagerDuty, webhooks).
 pub fn plain(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if s.chars().count() > max {
         out.pop();
         out.push('…');
@@ -160,7 +168,10 @@ mod tests {
 
     #[test]
     fn slack_text_cannot_mention_or_link() {
-        let s = slack_escape("<!channel> & <@U123> <http://evil|click> `x` \x1b[31mred\r\n", 1000);
+        let s = slack_escape(
+            "<!channel> & <@U123> <http://evil|click> `x` \x1b[31mred\r\n",
+            1000,
+        );
         assert!(!s.contains('<') && !s.contains('>'));
         assert!(s.contains("&lt;!channel&gt;"));
         assert!(s.contains("&amp;"));

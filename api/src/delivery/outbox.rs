@@ -132,7 +132,10 @@ struct Ranges(BTreeMap<u64, u64>);
 
 impl Ranges {
     fn contains(&self, seq: u64) -> bool {
-        self.0.range(..=seq).next_back().is_some_and(|(_, &end)| seq < end)
+        self.0
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &end)| seq < end)
     }
 
     fn insert(&mut self, start: u64, end: u64) {
@@ -164,7 +167,12 @@ impl Ranges {
 
     fn below(&mut self, at: u64) {
         // Drops every range that ends at or before `at` (they are under the ack pointer).
-        let stale: Vec<u64> = self.0.iter().filter(|(_, e)| **e <= at).map(|(s, _)| *s).collect();
+        let stale: Vec<u64> = self
+            .0
+            .iter()
+            .filter(|(_, e)| **e <= at)
+            .map(|(s, _)| *s)
+            .collect();
         for s in stale {
             self.0.remove(&s);
         }
@@ -277,7 +285,11 @@ pub struct Outbox {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutboxError + 'a {
-    move |source| OutboxError::Io { op, path: path.to_path_buf(), source }
+    move |source| OutboxError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -305,7 +317,8 @@ pub fn encode_record(out: &mut Vec<u8>, seq: u64, enqueued_at: i64, payload: &[u
 
 fn read_at(file: &mut File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, OutboxError> {
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-    file.seek(SeekFrom::Start(offset)).map_err(io_err("reading", path))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(io_err("reading", path))?;
     file.read_exact(&mut buf).map_err(io_err("reading", path))?;
     Ok(buf)
 }
@@ -340,17 +353,29 @@ fn parse_record(buf: &[u8], min_seq: u64) -> Result<Option<(Record, usize)>, ()>
         return Err(());
     }
     let enqueued_at = le_u64(&buf[16..24]) as i64;
-    Ok(Some((Record { seq, enqueued_at, payload: payload.to_vec() }, HEADER_BYTES + len)))
+    Ok(Some((
+        Record {
+            seq,
+            enqueued_at,
+            payload: payload.to_vec(),
+        },
+        HEADER_BYTES + len,
+    )))
 }
 
 /// Scans `buf` from offset 1 for the next valid record; returns its offset.
 fn resync(buf: &[u8], min_seq: u64) -> Option<usize> {
-    (1..buf.len().saturating_sub(HEADER_BYTES - 1)).find(|&i| matches!(parse_record(&buf[i..], min_seq), Ok(Some(_))))
+    (1..buf.len().saturating_sub(HEADER_BYTES - 1))
+        .find(|&i| matches!(parse_record(&buf[i..], min_seq), Ok(Some(_))))
 }
 
 impl Outbox {
     /// Opens (creating if needed) the outbox in `dir` and recovers what it holds.
-    pub fn open(dir: &Path, config: BufferConfig, metrics: TargetMetrics) -> Result<(Arc<Outbox>, Recovery), OutboxError> {
+    pub fn open(
+        dir: &Path,
+        config: BufferConfig,
+        metrics: TargetMetrics,
+    ) -> Result<(Arc<Outbox>, Recovery), OutboxError> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let state_path = dir.join(STATE_FILE);
         let persisted: PersistedState = match fs::read(&state_path) {
@@ -366,12 +391,27 @@ impl Outbox {
         for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
             let entry = entry.map_err(io_err("listing", dir))?;
             let name = entry.file_name();
-            let Some(first) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)).and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
-            let len = entry.metadata().map_err(io_err("reading", &entry.path()))?.len();
+            let len = entry
+                .metadata()
+                .map_err(io_err("reading", &entry.path()))?
+                .len();
             bytes += len;
-            segments.insert(first, Segment { path: entry.path(), committed: len, last_seq: None, sealed: true });
+            segments.insert(
+                first,
+                Segment {
+                    path: entry.path(),
+                    committed: len,
+                    last_seq: None,
+                    sealed: true,
+                },
+            );
         }
         let mut done = Ranges::default();
         for (s, e) in &persisted.done {
@@ -394,7 +434,11 @@ impl Outbox {
             config,
             metrics,
             state: Mutex::new(state_shell(&state)),
-            writer: Mutex::new(Writer { file: None, first_seq: 0, len: 0 }),
+            writer: Mutex::new(Writer {
+                file: None,
+                first_seq: 0,
+                len: 0,
+            }),
             reader: Mutex::new(Reader::default()),
             persist: Mutex::new(()),
             data: Notify::new(),
@@ -407,7 +451,10 @@ impl Outbox {
 
     /// Scans every segment: counts valid unsettled records and lost ones, sets `next_seq`.
     fn recover(&self, mut state: State) -> Result<Recovery, OutboxError> {
-        let mut rec = Recovery { segments: state.segments.len() as u64, ..Recovery::default() };
+        let mut rec = Recovery {
+            segments: state.segments.len() as u64,
+            ..Recovery::default()
+        };
         let firsts: Vec<u64> = state.segments.keys().copied().collect();
         let mut expected = state.acked;
         let mut lost_ranges: Vec<(u64, u64)> = Vec::new();
@@ -519,13 +566,22 @@ impl Outbox {
     }
 
     /// Appends payloads durably (written and, with `fsync`, synced) when it returns `Stored`.
-    pub async fn append(self: &Arc<Self>, payloads: Arc<Vec<Vec<u8>>>) -> Result<Appended, OutboxError> {
+    pub async fn append(
+        self: &Arc<Self>,
+        payloads: Arc<Vec<Vec<u8>>>,
+    ) -> Result<Appended, OutboxError> {
         if payloads.is_empty() {
             return Ok(Appended::Stored { first: 0, count: 0 });
         }
-        let size: u64 = payloads.iter().map(|p| (HEADER_BYTES + p.len()) as u64).sum();
+        let size: u64 = payloads
+            .iter()
+            .map(|p| (HEADER_BYTES + p.len()) as u64)
+            .sum();
         if let Some(p) = payloads.iter().find(|p| p.len() > MAX_RECORD_BYTES) {
-            return Err(OutboxError::TooLarge { bytes: p.len() as u64, max_bytes: MAX_RECORD_BYTES as u64 });
+            return Err(OutboxError::TooLarge {
+                bytes: p.len() as u64,
+                max_bytes: MAX_RECORD_BYTES as u64,
+            });
         }
         let max = self.config.max_bytes;
         if size > max {
@@ -533,10 +589,14 @@ impl Outbox {
                 self.count_dropped(payloads.len() as u64);
                 return Ok(Appended::Dropped);
             }
-            return Err(OutboxError::TooLarge { bytes: size, max_bytes: max });
+            return Err(OutboxError::TooLarge {
+                bytes: size,
+                max_bytes: max,
+            });
         }
         let waited = std::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.config.block_timeout_secs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.config.block_timeout_secs);
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
@@ -549,16 +609,25 @@ impl Outbox {
                 return Ok(Appended::Dropped);
             }
             if tokio::time::timeout_at(deadline, space).await.is_err() {
-                return Err(OutboxError::Full { bytes: self.bytes(), max_bytes: max, waited_secs: waited.elapsed().as_secs() });
+                return Err(OutboxError::Full {
+                    bytes: self.bytes(),
+                    max_bytes: max,
+                    waited_secs: waited.elapsed().as_secs(),
+                });
             }
         }
         let this = self.clone();
-        let written = tokio::task::spawn_blocking(move || this.write_reserved(&payloads, size)).await;
+        let written =
+            tokio::task::spawn_blocking(move || this.write_reserved(&payloads, size)).await;
         match written {
             Ok(r) => r,
             Err(join) => {
                 self.release(size);
-                Err(OutboxError::Io { op: "appending to", path: self.dir.clone(), source: std::io::Error::other(join.to_string()) })
+                Err(OutboxError::Io {
+                    op: "appending to",
+                    path: self.dir.clone(),
+                    source: std::io::Error::other(join.to_string()),
+                })
             }
         }
     }
@@ -612,7 +681,13 @@ impl Outbox {
         let path = self.dir.join(segment_name(w.first_seq));
         let len_before = w.len;
         let file = w.file.as_mut().expect("rotate opened a segment");
-        let written = file.write_all(&buf).and_then(|()| if self.config.fsync { file.sync_data() } else { Ok(()) });
+        let written = file.write_all(&buf).and_then(|()| {
+            if self.config.fsync {
+                file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = written {
             // Cut what may have been written and seal the segment; the next append opens a new
             // one. Nothing past `committed` is ever read.
@@ -655,16 +730,34 @@ impl Outbox {
         }
         self.delete_settled_segments();
         let path = self.dir.join(segment_name(first));
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err("creating", &path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("creating", &path))?;
         let len = file.metadata().map_err(io_err("reading", &path))?.len();
         if self.config.fsync {
             // The new directory entry must survive a crash too.
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err("syncing", &self.dir))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("syncing", &self.dir))?;
         }
-        *w = Writer { file: Some(file), first_seq: first, len };
+        *w = Writer {
+            file: Some(file),
+            first_seq: first,
+            len,
+        };
         let mut st = lock(&self.state);
         st.bytes += len;
-        st.segments.insert(first, Segment { path, committed: len, last_seq: None, sealed: false });
+        st.segments.insert(
+            first,
+            Segment {
+                path,
+                committed: len,
+                last_seq: None,
+                sealed: false,
+            },
+        );
         st.active = Some(first);
         Ok(())
     }
@@ -706,11 +799,19 @@ impl Outbox {
     /// Reads up to `max_items` records (about `max_bytes`) that are available now, oldest
     /// first; empty when there are none. Records handed out are not read again by this process
     /// unless [`Outbox::rewind`] is called; they stay on disk until acknowledged.
-    pub async fn read_now(self: &Arc<Self>, max_items: usize, max_bytes: usize) -> Result<Vec<Record>, OutboxError> {
+    pub async fn read_now(
+        self: &Arc<Self>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, OutboxError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.read(max_items, max_bytes.max(1)))
             .await
-            .map_err(|e| OutboxError::Io { op: "reading", path: self.dir.clone(), source: std::io::Error::other(e.to_string()) })?
+            .map_err(|e| OutboxError::Io {
+                op: "reading",
+                path: self.dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
     }
 
     /// Waits until records are available (or `cancel` fires), then returns up to `max_items`
@@ -731,10 +832,13 @@ impl Outbox {
             let data = self.data.notified();
             tokio::pin!(data);
             data.as_mut().enable();
-            let more = self.read_now(max_items - out.len(), max_bytes.saturating_sub(bytes)).await?;
+            let more = self
+                .read_now(max_items - out.len(), max_bytes.saturating_sub(bytes))
+                .await?;
             bytes += more.iter().map(|r| r.payload.len()).sum::<usize>();
             out.extend(more);
-            if out.len() >= max_items || bytes >= max_bytes || (!out.is_empty() && linger.is_zero()) {
+            if out.len() >= max_items || bytes >= max_bytes || (!out.is_empty() && linger.is_zero())
+            {
                 return Ok(out);
             }
             if !out.is_empty() && linger_until.is_none() {
@@ -769,7 +873,11 @@ impl Outbox {
                 let st = lock(&self.state);
                 let seg = match r.segment {
                     Some(f) if st.segments.contains_key(&f) => Some(f),
-                    Some(f) => st.segments.range((Bound::Excluded(f), Bound::Unbounded)).next().map(|(k, _)| *k),
+                    Some(f) => st
+                        .segments
+                        .range((Bound::Excluded(f), Bound::Unbounded))
+                        .next()
+                        .map(|(k, _)| *k),
                     None => st.segments.keys().next().copied(),
                 };
                 let Some(f) = seg else { break };
@@ -783,7 +891,11 @@ impl Outbox {
             }
             if r.offset >= committed {
                 if sealed {
-                    let next = lock(&self.state).segments.range((Bound::Excluded(first), Bound::Unbounded)).next().map(|(k, _)| *k);
+                    let next = lock(&self.state)
+                        .segments
+                        .range((Bound::Excluded(first), Bound::Unbounded))
+                        .next()
+                        .map(|(k, _)| *k);
                     match next {
                         Some(n) => {
                             r.segment = Some(n);
@@ -800,9 +912,15 @@ impl Outbox {
                 r.file = Some(File::open(&path).map_err(io_err("opening", &path))?);
             }
             // Read a window of the committed bytes and parse what it holds.
-            let window = ((max_bytes - bytes).max(64 << 10) as u64).saturating_add(HEADER_BYTES as u64);
+            let window =
+                ((max_bytes - bytes).max(64 << 10) as u64).saturating_add(HEADER_BYTES as u64);
             let offset = r.offset;
-            let mut buf = read_at(r.file.as_mut().expect("opened above"), &path, offset, (committed - offset).min(window))?;
+            let mut buf = read_at(
+                r.file.as_mut().expect("opened above"),
+                &path,
+                offset,
+                (committed - offset).min(window),
+            )?;
             let mut pos = 0usize;
             while pos < buf.len() && out.len() < max_items && bytes < max_bytes {
                 let at_end = offset + buf.len() as u64 >= committed;
@@ -904,14 +1022,21 @@ impl Outbox {
     pub fn rewind(&self) {
         let mut r = lock(&self.reader);
         let acked = lock(&self.state).acked;
-        *r = Reader { next_seq: acked, ..Reader::default() };
+        *r = Reader {
+            next_seq: acked,
+            ..Reader::default()
+        };
     }
 
     fn persist_state(&self) {
         let _guard = lock(&self.persist);
         let snapshot = {
             let st = lock(&self.state);
-            PersistedState { acked: st.acked, done: st.done.0.iter().map(|(s, e)| (*s, *e)).collect(), next_seq: st.next_seq }
+            PersistedState {
+                acked: st.acked,
+                done: st.done.0.iter().map(|(s, e)| (*s, *e)).collect(),
+                next_seq: st.next_seq,
+            }
         };
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join("state.json.tmp");
@@ -946,17 +1071,27 @@ mod tests {
     use crate::delivery::metrics::DeliveryMetrics;
 
     fn config() -> BufferConfig {
-        BufferConfig { max_bytes: 1 << 20, segment_max_bytes: 4096, ..BufferConfig::default() }
+        BufferConfig {
+            max_bytes: 1 << 20,
+            segment_max_bytes: 4096,
+            ..BufferConfig::default()
+        }
     }
 
     fn payloads(range: std::ops::Range<u32>) -> Arc<Vec<Vec<u8>>> {
-        Arc::new(range.map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect())
+        Arc::new(
+            range
+                .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+                .collect(),
+        )
     }
 
     async fn read_all(o: &Arc<Outbox>) -> Vec<Record> {
         let cancel = tokio_util::sync::CancellationToken::new();
         cancel.cancel();
-        o.next_batch(100_000, usize::MAX, Duration::ZERO, &cancel).await.expect("read")
+        o.next_batch(100_000, usize::MAX, Duration::ZERO, &cancel)
+            .await
+            .expect("read")
     }
 
     fn open(dir: &Path, m: &DeliveryMetrics) -> (Arc<Outbox>, Recovery) {
@@ -982,7 +1117,13 @@ mod tests {
         let m = DeliveryMetrics::default();
         let (o, rec) = open(dir.path(), &m);
         assert_eq!(rec, Recovery::default());
-        assert_eq!(o.append(payloads(0..300)).await.expect("append"), Appended::Stored { first: 0, count: 300 });
+        assert_eq!(
+            o.append(payloads(0..300)).await.expect("append"),
+            Appended::Stored {
+                first: 0,
+                count: 300
+            }
+        );
         let got = read_all(&o).await;
         assert_eq!(got.len(), 300);
         assert_eq!(got[7].payload, b"{\"n\":7}");
@@ -996,15 +1137,30 @@ mod tests {
         assert_eq!(rec.pending, 50);
         assert_eq!(rec.lost, 0);
         let got = read_all(&o).await;
-        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), (100..150).collect::<Vec<_>>());
-        assert_eq!(o.append(payloads(0..1)).await.expect("append"), Appended::Stored { first: 300, count: 1 });
+        assert_eq!(
+            got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (100..150).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            o.append(payloads(0..1)).await.expect("append"),
+            Appended::Stored {
+                first: 300,
+                count: 1
+            }
+        );
         o.ack(&(100..150).collect::<Vec<_>>());
         o.ack(&[300]);
         assert_eq!(o.queued(), 0);
         let a = m2.accounting("t");
         assert_eq!((a.received, a.queued), (51, 0), "{a:?}");
         // Everything settled: only the active segment is left.
-        let segs = fs::read_dir(dir.path()).expect("ls").filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))).count();
+        let segs = fs::read_dir(dir.path())
+            .expect("ls")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            })
+            .count();
         assert!(segs <= 1, "{segs} segments left");
     }
 
@@ -1033,11 +1189,16 @@ mod tests {
     async fn truncated_tail_and_missing_segment_are_counted() {
         let dir = tempfile::tempdir().expect("tmp");
         let m = DeliveryMetrics::default();
-        let cfg = BufferConfig { segment_max_bytes: 1000, ..config() };
+        let cfg = BufferConfig {
+            segment_max_bytes: 1000,
+            ..config()
+        };
         let (o, _) = Outbox::open(dir.path(), cfg.clone(), m.target("t")).expect("open");
         // Three appends, each in its own segment.
         for k in 0..3 {
-            o.append(payloads(k * 100..k * 100 + 100)).await.expect("append");
+            o.append(payloads(k * 100..k * 100 + 100))
+                .await
+                .expect("append");
         }
         drop(o);
         let mut segs: Vec<PathBuf> = fs::read_dir(dir.path())
@@ -1062,20 +1223,35 @@ mod tests {
         assert_eq!(got.last().map(|r| r.seq), Some(298));
         assert!(m.accounting("t").balanced());
         // New appends continue after the lost range.
-        assert_eq!(o.append(payloads(0..1)).await.expect("append"), Appended::Stored { first: 300, count: 1 });
+        assert_eq!(
+            o.append(payloads(0..1)).await.expect("append"),
+            Appended::Stored {
+                first: 300,
+                count: 1
+            }
+        );
     }
 
     #[tokio::test]
     async fn garbage_and_zero_filled_segments_never_panic() {
         let dir = tempfile::tempdir().expect("tmp");
         fs::write(dir.path().join(segment_name(0)), vec![0u8; 5000]).expect("write");
-        fs::write(dir.path().join(segment_name(50)), (0..9000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).expect("write");
+        fs::write(
+            dir.path().join(segment_name(50)),
+            (0..9000u32)
+                .map(|i| (i * 7919 % 251) as u8)
+                .collect::<Vec<_>>(),
+        )
+        .expect("write");
         fs::write(dir.path().join(STATE_FILE), b"{not json").expect("write");
         let m = DeliveryMetrics::default();
         let (o, rec) = open(dir.path(), &m);
         assert_eq!(rec.pending, 0);
         assert!(read_all(&o).await.is_empty());
-        assert_eq!(o.append(payloads(0..2)).await.expect("append"), Appended::Stored { first: 0, count: 2 });
+        assert_eq!(
+            o.append(payloads(0..2)).await.expect("append"),
+            Appended::Stored { first: 0, count: 2 }
+        );
         assert_eq!(read_all(&o).await.len(), 2);
     }
 
@@ -1083,7 +1259,12 @@ mod tests {
     async fn full_outbox_blocks_then_fails_or_drops() {
         let dir = tempfile::tempdir().expect("tmp");
         let m = DeliveryMetrics::default();
-        let cfg = BufferConfig { max_bytes: 2000, segment_max_bytes: 1000, block_timeout_secs: 0, ..BufferConfig::default() };
+        let cfg = BufferConfig {
+            max_bytes: 2000,
+            segment_max_bytes: 1000,
+            block_timeout_secs: 0,
+            ..BufferConfig::default()
+        };
         let (o, _) = Outbox::open(dir.path(), cfg.clone(), m.target("t")).expect("open");
         o.append(payloads(0..40)).await.expect("fits");
         let err = o.append(payloads(0..40)).await.expect_err("full");
@@ -1092,10 +1273,16 @@ mod tests {
         o.ack(&(0..40).collect::<Vec<_>>());
         o.append(payloads(0..40)).await.expect("fits again");
         let dir = tempfile::tempdir().expect("tmp");
-        let cfg = BufferConfig { when_full: WhenFull::DropNewest, ..cfg };
+        let cfg = BufferConfig {
+            when_full: WhenFull::DropNewest,
+            ..cfg
+        };
         let (o, _) = Outbox::open(dir.path(), cfg, m.target("d")).expect("open");
         o.append(payloads(0..40)).await.expect("fits");
-        assert_eq!(o.append(payloads(0..40)).await.expect("drop"), Appended::Dropped);
+        assert_eq!(
+            o.append(payloads(0..40)).await.expect("drop"),
+            Appended::Dropped
+        );
         let a = m.accounting("d");
         assert_eq!((a.received, a.queued, a.dropped), (80, 40, 40));
     }

@@ -39,19 +39,40 @@ pub struct Failure {
 impl Failure {
     /// A retryable failure.
     pub fn retry(reason: impl Into<String>) -> Failure {
-        Failure { action: Action::Retry, reason: reason.into(), retry_after: None }
+        Failure {
+            action: Action::Retry,
+            reason: reason.into(),
+            retry_after: None,
+        }
     }
 
     /// A permanent rejection.
     pub fn reject(reason: impl Into<String>) -> Failure {
-        Failure { action: Action::Reject, reason: reason.into(), retry_after: None }
+        Failure {
+            action: Action::Reject,
+            reason: reason.into(),
+            retry_after: None,
+        }
     }
 
     /// The failure for an HTTP status that is not a success, with the receiver's body excerpt.
-    pub fn from_status(receiver: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
+    pub fn from_status(
+        receiver: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Failure {
         let reason = format!("{receiver} answered {}: {}", status.as_u16(), excerpt(body));
-        let action = if is_retryable(status) { Action::Retry } else { Action::Reject };
-        Failure { action, reason, retry_after: retry_after(headers) }
+        let action = if is_retryable(status) {
+            Action::Retry
+        } else {
+            Action::Reject
+        };
+        Failure {
+            action,
+            reason,
+            retry_after: retry_after(headers),
+        }
     }
 
     /// The failure for a transport error (connection refused, reset, timeout): retryable.
@@ -100,12 +121,17 @@ pub fn is_retryable(status: StatusCode) -> bool {
 
 /// `Retry-After` as seconds or an HTTP date; `None` when absent or unreadable.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
     }
     let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let ms = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
@@ -116,7 +142,12 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// a receiver refused something, never a whole payload.
 pub fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    let mut out: String = text.trim().chars().take(300).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out: String = text
+        .trim()
+        .chars()
+        .take(300)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if text.trim().chars().count() > 300 {
         out.push('…');
     }
@@ -138,9 +169,14 @@ impl Backoff {
     /// never below `initial`. The jitter spreads retries of many targets; the floor keeps
     /// the first retry where the receiver's documentation puts it.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let base = self.initial.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX)).min(self.max);
+        let base = self
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.max);
         let factor = 0.75 + 0.25 * unit.clamp(0.0, 1.0);
-        base.mul_f64(factor).max(self.initial).min(self.max.max(self.initial))
+        base.mul_f64(factor)
+            .max(self.initial)
+            .min(self.max.max(self.initial))
     }
 
     /// [`Backoff::delay`] with a random jitter, and at least `retry_after` (capped at one hour).
@@ -159,7 +195,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_is_capped_and_jittered() {
-        let b = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(30) };
+        let b = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        };
         // Without jitter (unit = 1): 1, 2, 4, 8, 16, 30, 30.
         let exact: Vec<u64> = (0..7).map(|a| b.delay(a, 1.0).as_secs()).collect();
         assert_eq!(exact, [1, 2, 4, 8, 16, 30, 30]);
@@ -168,29 +207,47 @@ mod tests {
             for u in [0.0, 0.3, 0.999] {
                 let d = b.delay(a, u);
                 let base = Duration::from_secs(1u64 << a.min(5)).min(Duration::from_secs(30));
-                assert!(d <= base && d >= base.mul_f64(0.75).max(Duration::from_secs(1)), "{a} {u} {d:?}");
+                assert!(
+                    d <= base && d >= base.mul_f64(0.75).max(Duration::from_secs(1)),
+                    "{a} {u} {d:?}"
+                );
             }
         }
         assert!(b.delay(3, 0.0) < b.delay(3, 1.0));
-        let l = Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(300) };
+        let l = Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        };
         assert_eq!(l.delay(0, 1.0), Duration::from_millis(500));
         assert_eq!(l.delay(20, 1.0), Duration::from_secs(300));
     }
 
     #[test]
     fn retry_after_wins_over_a_shorter_backoff() {
-        let b = Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(100) };
-        assert_eq!(b.next(0, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        let b = Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
+        assert_eq!(
+            b.next(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
         assert!(b.next(0, None) <= Duration::from_millis(10));
     }
 
     #[test]
     fn statuses_are_classified() {
         for s in [408, 429, 500, 502, 503, 504] {
-            assert!(is_retryable(StatusCode::from_u16(s).expect("status")), "{s}");
+            assert!(
+                is_retryable(StatusCode::from_u16(s).expect("status")),
+                "{s}"
+            );
         }
         for s in [400, 401, 403, 404, 409, 410, 413, 501] {
-            assert!(!is_retryable(StatusCode::from_u16(s).expect("status")), "{s}");
+            assert!(
+                !is_retryable(StatusCode::from_u16(s).expect("status")),
+                "{s}"
+            );
         }
     }
 
@@ -200,9 +257,15 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert(reqwest::header::RETRY_AFTER, "30".parse().expect("header"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
-        h.insert(reqwest::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header"));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header"),
+        );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
-        h.insert(reqwest::header::RETRY_AFTER, "soon".parse().expect("header"));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "soon".parse().expect("header"),
+        );
         assert_eq!(retry_after(&h), None);
     }
 

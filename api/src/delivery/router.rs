@@ -120,16 +120,27 @@ fn secs(s: u64) -> i64 {
 }
 
 fn group_by(list: &[String]) -> GroupBy {
-    if list.iter().any(|s| s == "...") { GroupBy::Each } else { GroupBy::Fields(list.to_vec()) }
+    if list.iter().any(|s| s == "...") {
+        GroupBy::Each
+    } else {
+        GroupBy::Fields(list.to_vec())
+    }
 }
 
 fn build_route(id: String, c: &RouteConfig, parent: &Route) -> Result<Route, String> {
     let matchers = Matcher::parse_all(&c.matchers).map_err(|e| e.join("; "))?;
     let opts = GroupOpts {
-        group_by: c.group_by.as_deref().map_or_else(|| parent.opts.group_by.clone(), group_by),
+        group_by: c
+            .group_by
+            .as_deref()
+            .map_or_else(|| parent.opts.group_by.clone(), group_by),
         group_wait: c.group_wait_secs.map_or(parent.opts.group_wait, secs),
-        group_interval: c.group_interval_secs.map_or(parent.opts.group_interval, secs),
-        repeat_interval: c.repeat_interval_secs.map_or(parent.opts.repeat_interval, secs),
+        group_interval: c
+            .group_interval_secs
+            .map_or(parent.opts.group_interval, secs),
+        repeat_interval: c
+            .repeat_interval_secs
+            .map_or(parent.opts.repeat_interval, secs),
     };
     let mut r = Route {
         id,
@@ -140,14 +151,22 @@ fn build_route(id: String, c: &RouteConfig, parent: &Route) -> Result<Route, Str
         opts,
         children: Vec::new(),
     };
-    let children = c.routes.iter().enumerate().map(|(i, cc)| build_route(format!("{}.{i}", r.id), cc, &r)).collect::<Result<Vec<_>, _>>()?;
+    let children = c
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, cc)| build_route(format!("{}.{i}", r.id), cc, &r))
+        .collect::<Result<Vec<_>, _>>()?;
     r.children = children;
     Ok(r)
 }
 
 impl RouteTree {
     /// Builds the tree (the configuration was validated).
-    pub fn build(cfg: &RoutingConfig, notifiers: Vec<(String, Severity)>) -> Result<RouteTree, String> {
+    pub fn build(
+        cfg: &RoutingConfig,
+        notifiers: Vec<(String, Severity)>,
+    ) -> Result<RouteTree, String> {
         let mut root = Route {
             id: "0".into(),
             matchers: Vec::new(),
@@ -162,7 +181,12 @@ impl RouteTree {
             },
             children: Vec::new(),
         };
-        let children = cfg.routes.iter().enumerate().map(|(i, c)| build_route(format!("0.{i}"), c, &root)).collect::<Result<Vec<_>, _>>()?;
+        let children = cfg
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| build_route(format!("0.{i}"), c, &root))
+            .collect::<Result<Vec<_>, _>>()?;
         root.children = children;
         Ok(RouteTree { root, notifiers })
     }
@@ -180,7 +204,10 @@ impl RouteTree {
         for r in routes {
             for (name, min) in &self.notifiers {
                 let wanted = r.receiver.as_deref().is_none_or(|rcv| rcv == name);
-                if wanted && f.severity >= *min && !out.iter().any(|(x, n)| x.id == r.id && *n == name) {
+                if wanted
+                    && f.severity >= *min
+                    && !out.iter().any(|(x, n)| x.id == r.id && *n == name)
+                {
                     out.push((r, name.as_str()));
                 }
             }
@@ -207,7 +234,10 @@ pub fn group_key(route: &str, receiver: &str, labels: &BTreeMap<String, String>)
 fn group_labels(opts: &GroupOpts, f: &Finding) -> BTreeMap<String, String> {
     match &opts.group_by {
         GroupBy::Each => BTreeMap::from([("id".to_string(), f.id.clone())]),
-        GroupBy::Fields(fields) => fields.iter().map(|k| (k.clone(), matcher::field(f, k))).collect(),
+        GroupBy::Fields(fields) => fields
+            .iter()
+            .map(|k| (k.clone(), matcher::field(f, k)))
+            .collect(),
     }
 }
 
@@ -287,7 +317,10 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("groups", &self.groups.len()).field("now", &self.now).finish()
+        f.debug_struct("Router")
+            .field("groups", &self.groups.len())
+            .field("now", &self.now)
+            .finish()
     }
 }
 
@@ -363,7 +396,9 @@ impl Router {
                 self.commit();
             }
             let wait = match (self.clock, self.timers.first()) {
-                (Clock::Wall, Some((due, _))) => Duration::from_nanos(u64::try_from(due.saturating_sub(self.now)).unwrap_or(0)),
+                (Clock::Wall, Some((due, _))) => {
+                    Duration::from_nanos(u64::try_from(due.saturating_sub(self.now)).unwrap_or(0))
+                }
                 _ => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -395,7 +430,12 @@ impl Router {
         if self.clock == Clock::Wall {
             self.now = gpusiem_ingest::source::now_nanos();
         }
-        let keys: Vec<String> = self.groups.iter().filter(|(_, g)| !g.pending.is_empty() || self.has_news(g)).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| !g.pending.is_empty() || self.has_news(g))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
             self.flush(&k, self.now).await;
         }
@@ -432,7 +472,13 @@ impl Router {
             self.firing.remove(&f.id);
         }
         if dests.is_empty() {
-            self.members.insert(seq, Membership { remaining: 1, best: None });
+            self.members.insert(
+                seq,
+                Membership {
+                    remaining: 1,
+                    best: None,
+                },
+            );
             self.finish(seq, None);
             return;
         }
@@ -440,7 +486,13 @@ impl Router {
             // Inhibition sources: firing findings that are in some group.
             self.firing.insert(f.id.clone(), f.clone());
         }
-        self.members.insert(seq, Membership { remaining: dests.len(), best: None });
+        self.members.insert(
+            seq,
+            Membership {
+                remaining: dests.len(),
+                best: None,
+            },
+        );
         for (route, receiver) in dests {
             let labels = group_labels(&route.opts, &f);
             let key = group_key(&route.id, receiver, &labels);
@@ -471,7 +523,11 @@ impl Router {
             self.timers.remove(&(due, key.clone()));
             // In event time a notification carries the time it was due, not the finding
             // that moved the clock past it.
-            let at = if self.clock == Clock::EventTime { due } else { self.now };
+            let at = if self.clock == Clock::EventTime {
+                due
+            } else {
+                self.now
+            };
             self.flush(&key, at).await;
         }
     }
@@ -483,14 +539,26 @@ impl Router {
         let inhibited = self.inhibit.iter().any(|rule| {
             matcher::all(&rule.target, f)
                 && self.firing.values().any(|s| {
-                    s.id != f.id && matcher::all(&rule.source, s) && rule.equal.iter().all(|k| matcher::field(s, k) == matcher::field(f, k))
+                    s.id != f.id
+                        && matcher::all(&rule.source, s)
+                        && rule
+                            .equal
+                            .iter()
+                            .all(|k| matcher::field(s, k) == matcher::field(f, k))
                 })
         });
-        if inhibited { Fate::Inhibited } else { Fate::Delivered }
+        if inhibited {
+            Fate::Inhibited
+        } else {
+            Fate::Delivered
+        }
     }
 
     fn has_news(&self, g: &Group) -> bool {
-        g.alerts.values().any(|f| (self.send_resolved || f.status == Status::Firing) && g.notified.get(&f.id) != Some(&(f.status, f.severity)))
+        g.alerts.values().any(|f| {
+            (self.send_resolved || f.status == Status::Firing)
+                && g.notified.get(&f.id) != Some(&(f.status, f.severity))
+        })
     }
 
     /// Flushes one group at time `at`.
@@ -499,28 +567,49 @@ impl Router {
         // one-shot finding that never resolves must not repeat for ever).
         let ttl = self.alert_ttl;
         if let Some(g) = self.groups.get_mut(key) {
-            let stale: Vec<String> = g.alerts.values().filter(|f| f.status == Status::Firing && at.saturating_sub(f.last_ts) > ttl).map(|f| f.id.clone()).collect();
+            let stale: Vec<String> = g
+                .alerts
+                .values()
+                .filter(|f| f.status == Status::Firing && at.saturating_sub(f.last_ts) > ttl)
+                .map(|f| f.id.clone())
+                .collect();
             for id in stale {
                 g.alerts.remove(&id);
                 g.notified.remove(&id);
                 self.firing.remove(&id);
             }
         }
-        let Some(g) = self.groups.get(key) else { return };
-        let fates: HashMap<String, Fate> = g.alerts.values().map(|f| (f.id.clone(), self.fate(f, at))).collect();
+        let Some(g) = self.groups.get(key) else {
+            return;
+        };
+        let fates: HashMap<String, Fate> = g
+            .alerts
+            .values()
+            .map(|f| (f.id.clone(), self.fate(f, at)))
+            .collect();
         let visible: Vec<&Finding> = g
             .alerts
             .values()
-            .filter(|f| fates.get(&f.id) == Some(&Fate::Delivered) && (self.send_resolved || f.status == Status::Firing))
+            .filter(|f| {
+                fates.get(&f.id) == Some(&Fate::Delivered)
+                    && (self.send_resolved || f.status == Status::Firing)
+            })
             .collect();
-        let news = visible.iter().any(|f| g.notified.get(&f.id) != Some(&(f.status, f.severity)));
+        let news = visible
+            .iter()
+            .any(|f| g.notified.get(&f.id) != Some(&(f.status, f.severity)));
         let firing = visible.iter().any(|f| f.status == Status::Firing);
-        let repeat = firing && g.last_notify.is_some_and(|l| at.saturating_sub(l) >= g.opts.repeat_interval);
+        let repeat = firing
+            && g.last_notify
+                .is_some_and(|l| at.saturating_sub(l) >= g.opts.repeat_interval);
         let mut notified_ok = true;
         if !visible.is_empty() && (news || repeat) {
             let alert = self.alert(key, g, &visible, at);
             let receiver = g.receiver.clone();
-            let snapshot: HashMap<String, (Status, Severity)> = visible.iter().map(|f| (f.id.clone(), (f.status, f.severity))).collect();
+            let snapshot: HashMap<String, (Status, Severity)> = visible
+                .iter()
+                .map(|f| (f.id.clone(), (f.status, f.severity)))
+                .collect();
             match self.write_alert(&receiver, &alert).await {
                 Ok(()) => {
                     if let Some(g) = self.groups.get_mut(key) {
@@ -534,7 +623,9 @@ impl Router {
                 }
             }
         }
-        let Some(g) = self.groups.get_mut(key) else { return };
+        let Some(g) = self.groups.get_mut(key) else {
+            return;
+        };
         if notified_ok {
             let pending = std::mem::take(&mut g.pending);
             // Resolved findings leave the group once flushed.
@@ -556,9 +647,15 @@ impl Router {
                 return;
             }
         }
-        let Some(g) = self.groups.get_mut(key) else { return };
+        let Some(g) = self.groups.get_mut(key) else {
+            return;
+        };
         self.timers.remove(&(g.next_flush, key.to_string()));
-        let interval = if notified_ok { g.opts.group_interval } else { g.opts.group_interval.min(5 * NS) };
+        let interval = if notified_ok {
+            g.opts.group_interval
+        } else {
+            g.opts.group_interval.min(5 * NS)
+        };
         g.next_flush = at.saturating_add(interval.max(1));
         self.timers.insert((g.next_flush, key.to_string()));
     }
@@ -566,11 +663,26 @@ impl Router {
     fn alert(&self, key: &str, g: &Group, visible: &[&Finding], at: i64) -> Alert {
         let mut list: Vec<&Finding> = visible.to_vec();
         list.sort_by(|a, b| {
-            (a.status != Status::Firing, std::cmp::Reverse(a.severity), a.ts, &a.id).cmp(&(b.status != Status::Firing, std::cmp::Reverse(b.severity), b.ts, &b.id))
+            (
+                a.status != Status::Firing,
+                std::cmp::Reverse(a.severity),
+                a.ts,
+                &a.id,
+            )
+                .cmp(&(
+                    b.status != Status::Firing,
+                    std::cmp::Reverse(b.severity),
+                    b.ts,
+                    &b.id,
+                ))
         });
         let firing = list.iter().filter(|f| f.status == Status::Firing).count();
         let resolved = list.len() - firing;
-        let status = if firing > 0 { Status::Firing } else { Status::Resolved };
+        let status = if firing > 0 {
+            Status::Firing
+        } else {
+            Status::Resolved
+        };
         let severity = list
             .iter()
             .filter(|f| status == Status::Resolved || f.status == Status::Firing)
@@ -593,7 +705,10 @@ impl Router {
     }
 
     async fn write_alert(&self, receiver: &str, alert: &Alert) -> Result<(), String> {
-        let outbox = self.notifiers.get(receiver).ok_or_else(|| format!("no notifier named {receiver}"))?;
+        let outbox = self
+            .notifiers
+            .get(receiver)
+            .ok_or_else(|| format!("no notifier named {receiver}"))?;
         let payload = serde_json::to_vec(alert).map_err(|e| e.to_string())?;
         match outbox.append(Arc::new(vec![payload])).await {
             Ok(Appended::Stored { .. }) | Ok(Appended::Dropped) => Ok(()),
@@ -669,7 +784,10 @@ mod tests {
     }
 
     fn names(dests: Vec<(&Route, &str)>) -> Vec<String> {
-        dests.into_iter().map(|(r, n)| format!("{}>{n}", r.id)).collect()
+        dests
+            .into_iter()
+            .map(|(r, n)| format!("{}>{n}", r.id))
+            .collect()
     }
 
     #[test]
@@ -689,20 +807,59 @@ receiver = "talon"
 matchers = ['namespace="never"']
 receiver = "pagerduty"
 "#);
-        let notifiers = vec![("slack".into(), Severity::Info), ("pagerduty".into(), Severity::High), ("talon".into(), Severity::Info)];
+        let notifiers = vec![
+            ("slack".into(), Severity::Info),
+            ("pagerduty".into(), Severity::High),
+            ("talon".into(), Severity::Info),
+        ];
         let t = RouteTree::build(&c, notifiers).expect("tree");
         // High in research: pagerduty (continue) and the research route (slack inherited).
-        assert_eq!(names(t.route(&finding("a", "gpu_memory_spike", "research", Severity::High))), ["0.0>pagerduty", "0.1>slack"]);
+        assert_eq!(
+            names(t.route(&finding(
+                "a",
+                "gpu_memory_spike",
+                "research",
+                Severity::High
+            ))),
+            ["0.0>pagerduty", "0.1>slack"]
+        );
         // Nested match: talon.
-        assert_eq!(names(t.route(&finding("b", "miner_fingerprint", "research", Severity::Low))), ["0.1.0>talon"]);
+        assert_eq!(
+            names(t.route(&finding(
+                "b",
+                "miner_fingerprint",
+                "research",
+                Severity::Low
+            ))),
+            ["0.1.0>talon"]
+        );
         // Nothing matches: the root's receiver.
-        assert_eq!(names(t.route(&finding("c", "x", "shop", Severity::Low))), ["0>slack"]);
+        assert_eq!(
+            names(t.route(&finding("c", "x", "shop", Severity::Low))),
+            ["0>slack"]
+        );
         // The notifier's min_severity filters last.
         let c = cfg("");
-        let t = RouteTree::build(&c, vec![("slack".into(), Severity::Medium), ("pagerduty".into(), Severity::High)]).expect("tree");
-        assert_eq!(names(t.route(&finding("d", "x", "shop", Severity::High))), ["0>slack", "0>pagerduty"]);
-        assert_eq!(names(t.route(&finding("e", "x", "shop", Severity::Medium))), ["0>slack"]);
-        assert!(t.route(&finding("f", "x", "shop", Severity::Low)).is_empty());
+        let t = RouteTree::build(
+            &c,
+            vec![
+                ("slack".into(), Severity::Medium),
+                ("pagerduty".into(), Severity::High),
+            ],
+        )
+        .expect("tree");
+        assert_eq!(
+            names(t.route(&finding("d", "x", "shop", Severity::High))),
+            ["0>slack", "0>pagerduty"]
+        );
+        assert_eq!(
+            names(t.route(&finding("e", "x", "shop", Severity::Medium))),
+            ["0>slack"]
+        );
+        assert!(
+            t.route(&finding("f", "x", "shop", Severity::Low))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -96,7 +96,9 @@ pub struct Silences {
 }
 
 fn parse_time(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().and_then(|t| t.timestamp_nanos_opt())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
 }
 
 fn format_time(ns: i64) -> String {
@@ -105,7 +107,12 @@ fn format_time(ns: i64) -> String {
 
 fn entry(s: Silence) -> Option<Entry> {
     let matchers = Matcher::parse_all(&s.matchers).ok()?;
-    Some(Entry { starts: parse_time(&s.starts_at)?, ends: parse_time(&s.ends_at)?, matchers, silence: s })
+    Some(Entry {
+        starts: parse_time(&s.starts_at)?,
+        ends: parse_time(&s.ends_at)?,
+        matchers,
+        silence: s,
+    })
 }
 
 /// Why a silence request was refused.
@@ -138,13 +145,18 @@ impl Silences {
             Err(source) => return Err(crate::Error::File { op: "reading", path, source }),
         };
         let entries = stored.into_iter().filter_map(entry).collect();
-        Ok(Silences { path, entries: RwLock::new(entries) })
+        Ok(Silences {
+            path,
+            entries: RwLock::new(entries),
+        })
     }
 
     /// Whether an active silence mutes the finding at `now` (ns).
     pub fn is_silenced(&self, f: &Finding, now: i64) -> bool {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.iter().any(|e| e.starts <= now && now < e.ends && matcher::all(&e.matchers, f))
+        entries
+            .iter()
+            .any(|e| e.starts <= now && now < e.ends && matcher::all(&e.matchers, f))
     }
 
     /// Every silence, with its status at `now`.
@@ -156,7 +168,10 @@ impl Silences {
     /// One silence.
     pub fn get(&self, id: &str, now: i64) -> Option<Silence> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.iter().find(|e| e.silence.id == id).map(|e| with_status(e, now))
+        entries
+            .iter()
+            .find(|e| e.silence.id == id)
+            .map(|e| with_status(e, now))
     }
 
     /// Creates a silence; returns it.
@@ -165,10 +180,12 @@ impl Silences {
         if req.matchers.is_empty() || req.matchers.len() > 20 {
             return Err(invalid("between 1 and 20 matchers"));
         }
-        let matchers = Matcher::parse_all(&req.matchers).map_err(|e| SilenceError::Invalid(e.join("; ")))?;
+        let matchers =
+            Matcher::parse_all(&req.matchers).map_err(|e| SilenceError::Invalid(e.join("; ")))?;
         let author = req.author.trim();
         let comment = req.comment.trim();
-        if author.is_empty() || author.chars().count() > 256 || author.chars().any(char::is_control) {
+        if author.is_empty() || author.chars().count() > 256 || author.chars().any(char::is_control)
+        {
             return Err(invalid("author: 1 to 256 printable characters"));
         }
         if comment.is_empty() || comment.chars().count() > 4096 {
@@ -180,11 +197,17 @@ impl Silences {
         };
         let ends = match (&req.ends_at, req.duration_secs) {
             (Some(e), None) => parse_time(e).ok_or_else(|| invalid("ends_at: RFC 3339 time"))?,
-            (None, Some(d)) => starts.saturating_add(i64::try_from(d).unwrap_or(i64::MAX).saturating_mul(1_000_000_000)),
+            (None, Some(d)) => starts.saturating_add(
+                i64::try_from(d)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000_000),
+            ),
             _ => return Err(invalid("give ends_at or duration_secs")),
         };
         if ends <= starts || ends <= now {
-            return Err(invalid("the silence must end after it starts and after now"));
+            return Err(invalid(
+                "the silence must end after it starts and after now",
+            ));
         }
         let silence = Silence {
             id: hex::encode(rand::random::<[u8; 16]>()),
@@ -201,7 +224,12 @@ impl Silences {
         if entries.len() >= MAX_SILENCES {
             return Err(SilenceError::TooMany);
         }
-        let e = Entry { silence, matchers, starts, ends };
+        let e = Entry {
+            silence,
+            matchers,
+            starts,
+            ends,
+        };
         let out = with_status(&e, now);
         entries.push(e);
         self.save(&entries)?;
@@ -211,7 +239,10 @@ impl Silences {
     /// Expires a silence now.
     pub fn expire(&self, id: &str, now: i64) -> Result<Silence, SilenceError> {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        let e = entries.iter_mut().find(|e| e.silence.id == id).ok_or(SilenceError::NotFound)?;
+        let e = entries
+            .iter_mut()
+            .find(|e| e.silence.id == id)
+            .ok_or(SilenceError::NotFound)?;
         if e.ends > now {
             e.ends = now;
             e.silence.ends_at = format_time(now);
@@ -259,13 +290,22 @@ fn error(status: StatusCode, e: &SilenceError) -> Response {
 }
 
 async fn list(State(s): State<Arc<Silences>>) -> Response {
-    Json(serde_json::json!({"silences": s.list(gpusiem_ingest::source::now_nanos())})).into_response()
+    Json(serde_json::json!({"silences": s.list(gpusiem_ingest::source::now_nanos())}))
+        .into_response()
 }
 
-async fn create(State(s): State<Arc<Silences>>, body: Result<Json<NewSilence>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn create(
+    State(s): State<Arc<Silences>>,
+    body: Result<Json<NewSilence>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &SilenceError::Invalid(e.body_text())),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &SilenceError::Invalid(e.body_text()),
+            );
+        }
     };
     match s.create(req, gpusiem_ingest::source::now_nanos()) {
         Ok(silence) => {
@@ -353,7 +393,9 @@ mod tests {
     fn silences_mute_match_expire_and_persist() {
         let dir = tempfile::tempdir().expect("tmp");
         let s = Silences::open(dir.path()).expect("open");
-        let sil = s.create(new(&[r#"namespace="research""#], 3600), NOW).expect("create");
+        let sil = s
+            .create(new(&[r#"namespace="research""#], 3600), NOW)
+            .expect("create");
         assert_eq!(sil.status, "active");
         assert!(s.is_silenced(&finding("research"), NOW + 1));
         assert!(!s.is_silenced(&finding("shop"), NOW + 1));
@@ -393,25 +435,53 @@ mod tests {
             .expect("request");
         let resp = app.clone().oneshot(req).await.expect("response");
         assert_eq!(resp.status(), StatusCode::CREATED);
-        let created: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+        let created: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+                .expect("json");
         let id = created["id"].as_str().expect("id").to_string();
-        let resp = app.clone().oneshot(axum::http::Request::get("/api/v1/silences").body(Body::empty()).expect("req")).await.expect("resp");
+        let resp = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/api/v1/silences")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("resp");
         assert_eq!(resp.status(), StatusCode::OK);
-        let listed: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+        let listed: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+                .expect("json");
         assert_eq!(listed["silences"][0]["author"], "bob");
         let resp = app
             .clone()
-            .oneshot(axum::http::Request::delete(format!("/api/v1/silences/{id}")).body(Body::empty()).expect("req"))
+            .oneshot(
+                axum::http::Request::delete(format!("/api/v1/silences/{id}"))
+                    .body(Body::empty())
+                    .expect("req"),
+            )
             .await
             .expect("resp");
         assert_eq!(resp.status(), StatusCode::OK);
         let resp = app
             .clone()
-            .oneshot(axum::http::Request::post("/api/v1/silences").header("content-type", "application/json").body(Body::from("{\"matchers\":[]}")).expect("req"))
+            .oneshot(
+                axum::http::Request::post("/api/v1/silences")
+                    .header("content-type", "application/json")
+                    .body(Body::from("{\"matchers\":[]}"))
+                    .expect("req"),
+            )
             .await
             .expect("resp");
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-        let resp = app.oneshot(axum::http::Request::get("/api/v1/silences/unknown").body(Body::empty()).expect("req")).await.expect("resp");
+        let resp = app
+            .oneshot(
+                axum::http::Request::get("/api/v1/silences/unknown")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("resp");
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -72,19 +72,28 @@ min_severity = "high"
     assert!(c.validate().is_empty(), "{:?}", c.validate());
     assert_eq!(c.sinks[0].name(), "loki");
     assert_eq!(c.notifiers[1].name(), "pagerduty");
-    let SinkConfig::Loki(l) = &c.sinks[0] else { panic!("loki") };
+    let SinkConfig::Loki(l) = &c.sinks[0] else {
+        panic!("loki")
+    };
     assert_eq!(l.tenant.as_deref(), Some("gpu-platform"));
     assert_eq!(l.encoding, LokiEncoding::Json);
-    let NotifierConfig::PagerDuty(pd) = &c.notifiers[1] else { panic!("pd") };
+    let NotifierConfig::PagerDuty(pd) = &c.notifiers[1] else {
+        panic!("pd")
+    };
     assert_eq!(pd.url, notifiers::pagerduty::DEFAULT_URL);
     assert_eq!(c.routing.group_wait_secs, 30);
 }
 
 #[test]
 fn unknown_keys_in_a_sink_are_errors() {
-    let e = Config::parse("[[sinks]]\ntype = \"loki\"\nurl = \"http://loki:3100\"\ntennant = \"x\"\n").expect_err("unknown key");
+    let e =
+        Config::parse("[[sinks]]\ntype = \"loki\"\nurl = \"http://loki:3100\"\ntennant = \"x\"\n")
+            .expect_err("unknown key");
     assert!(e.message.contains("tennant"), "{}", e.message);
-    let e = Config::parse("[[sinks]]\ntype = \"loki\"\nurl = \"http://loki:3100\"\nbatch = { max_itmes = 3 }\n").expect_err("unknown key");
+    let e = Config::parse(
+        "[[sinks]]\ntype = \"loki\"\nurl = \"http://loki:3100\"\nbatch = { max_itmes = 3 }\n",
+    )
+    .expect_err("unknown key");
     assert!(e.message.contains("max_itmes"), "{}", e.message);
     assert!(Config::parse("[[notifiers]]\ntype = \"email\"\n").is_err());
 }
@@ -157,11 +166,25 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tmp");
         let metrics = DeliveryMetrics::default();
         let cfg: RoutingConfig = toml::from_str(routing).expect("routing");
-        let buffer = BufferConfig { max_bytes: 64 << 20, segment_max_bytes: 1 << 20, ..BufferConfig::default() };
-        let (outbox, _) = Outbox::open(&dir.path().join("router"), buffer.clone(), metrics.target("router")).expect("outbox");
+        let buffer = BufferConfig {
+            max_bytes: 64 << 20,
+            segment_max_bytes: 1 << 20,
+            ..BufferConfig::default()
+        };
+        let (outbox, _) = Outbox::open(
+            &dir.path().join("router"),
+            buffer.clone(),
+            metrics.target("router"),
+        )
+        .expect("outbox");
         let mut outs = HashMap::new();
         for (n, _) in notifiers {
-            let (o, _) = Outbox::open(&dir.path().join(n), buffer.clone(), metrics.target(&format!("notifier:{n}"))).expect("outbox");
+            let (o, _) = Outbox::open(
+                &dir.path().join(n),
+                buffer.clone(),
+                metrics.target(&format!("notifier:{n}")),
+            )
+            .expect("outbox");
             outs.insert(n.to_string(), o);
         }
         let silences = Arc::new(Silences::open(dir.path()).expect("silences"));
@@ -176,8 +199,19 @@ impl Harness {
             };
             silences.create(req, T0).expect("silence");
         }
-        let tree = Arc::new(RouteTree::build(&cfg, notifiers.iter().map(|(n, s)| (n.to_string(), *s)).collect()).expect("tree"));
-        let inhibit = cfg.inhibit_rules.iter().map(InhibitRule::build).collect::<Result<Vec<_>, _>>().expect("rules");
+        let tree = Arc::new(
+            RouteTree::build(
+                &cfg,
+                notifiers.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            )
+            .expect("tree"),
+        );
+        let inhibit = cfg
+            .inhibit_rules
+            .iter()
+            .map(InhibitRule::build)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rules");
         let router = Router::new(RouterParts {
             tree,
             outbox: outbox.clone(),
@@ -193,17 +227,33 @@ impl Harness {
         let (tx, rx) = mpsc::channel(1);
         let shutdown = CancellationToken::new();
         tokio::spawn(router.run(rx, shutdown.clone()));
-        Harness { _dir: dir, outbox, notifiers: outs, tx, metrics, shutdown }
+        Harness {
+            _dir: dir,
+            outbox,
+            notifiers: outs,
+            tx,
+            metrics,
+            shutdown,
+        }
     }
 
     async fn push(&self, findings: &[Finding]) {
-        let payloads = findings.iter().map(|f| serde_json::to_vec(f).expect("json")).collect();
-        self.outbox.append(Arc::new(payloads)).await.expect("append");
+        let payloads = findings
+            .iter()
+            .map(|f| serde_json::to_vec(f).expect("json"))
+            .collect();
+        self.outbox
+            .append(Arc::new(payloads))
+            .await
+            .expect("append");
     }
 
     async fn drain(&self) {
         let (reply, done) = oneshot::channel();
-        self.tx.send(Command::Drain(reply)).await.expect("router running");
+        self.tx
+            .send(Command::Drain(reply))
+            .await
+            .expect("router running");
         done.await.expect("drained");
     }
 
@@ -212,7 +262,9 @@ impl Harness {
         let o = &self.notifiers[name];
         let recs = o.read_now(100_000, usize::MAX).await.expect("read");
         o.ack(&recs.iter().map(|r| r.seq).collect::<Vec<_>>());
-        recs.iter().map(|r| serde_json::from_slice(&r.payload).expect("alert")).collect()
+        recs.iter()
+            .map(|r| serde_json::from_slice(&r.payload).expect("alert"))
+            .collect()
     }
 }
 
@@ -227,7 +279,17 @@ const DEFAULTS: &str = "";
 #[tokio::test]
 async fn a_burst_on_one_group_is_one_notification() {
     let h = Harness::new(DEFAULTS, &[("slack", Severity::High)], None).await;
-    let burst: Vec<Finding> = (0..1000).map(|i| finding(&format!("f{i:04}"), "gpu_memory_spike", "shop", Severity::High, T0 + i * S / 100)).collect();
+    let burst: Vec<Finding> = (0..1000)
+        .map(|i| {
+            finding(
+                &format!("f{i:04}"),
+                "gpu_memory_spike",
+                "shop",
+                Severity::High,
+                T0 + i * S / 100,
+            )
+        })
+        .collect();
     for chunk in burst.chunks(100) {
         h.push(chunk).await;
     }
@@ -236,7 +298,10 @@ async fn a_burst_on_one_group_is_one_notification() {
     assert_eq!(alerts.len(), 1);
     let a = &alerts[0];
     assert_eq!((a.firing, a.findings.len(), a.truncated), (1000, 20, 980));
-    assert_eq!(a.group_labels.get("namespace").map(String::as_str), Some("shop"));
+    assert_eq!(
+        a.group_labels.get("namespace").map(String::as_str),
+        Some("shop")
+    );
     let acc = h.metrics.accounting("router");
     assert_eq!((acc.received, acc.delivered, acc.queued), (1000, 1000, 0));
     assert!(acc.balanced(), "{acc:?}");
@@ -244,10 +309,18 @@ async fn a_burst_on_one_group_is_one_notification() {
 
 #[tokio::test]
 async fn group_wait_and_group_interval_run_on_event_time() {
-    let h = Harness::new("group_wait_secs = 30\ngroup_interval_secs = 300", &[("slack", Severity::Info)], None).await;
-    h.push(&[finding("a", "d", "shop", Severity::High, T0)]).await;
-    h.push(&[finding("b", "d", "shop", Severity::High, T0 + 40 * S)]).await;
-    h.push(&[finding("c", "d", "shop", Severity::High, T0 + 400 * S)]).await;
+    let h = Harness::new(
+        "group_wait_secs = 30\ngroup_interval_secs = 300",
+        &[("slack", Severity::Info)],
+        None,
+    )
+    .await;
+    h.push(&[finding("a", "d", "shop", Severity::High, T0)])
+        .await;
+    h.push(&[finding("b", "d", "shop", Severity::High, T0 + 40 * S)])
+        .await;
+    h.push(&[finding("c", "d", "shop", Severity::High, T0 + 400 * S)])
+        .await;
     h.drain().await;
     let alerts = h.alerts("slack").await;
     let summary: Vec<(i64, usize)> = alerts.iter().map(|a| ((a.ts - T0) / S, a.firing)).collect();
@@ -258,21 +331,45 @@ async fn group_wait_and_group_interval_run_on_event_time() {
 
 #[tokio::test]
 async fn repeat_interval_re_notifies_a_firing_group() {
-    let h = Harness::new("group_wait_secs = 30\ngroup_interval_secs = 60\nrepeat_interval_secs = 120", &[("slack", Severity::Info)], None).await;
-    h.push(&[finding("a", "d", "shop", Severity::High, T0)]).await;
+    let h = Harness::new(
+        "group_wait_secs = 30\ngroup_interval_secs = 60\nrepeat_interval_secs = 120",
+        &[("slack", Severity::Info)],
+        None,
+    )
+    .await;
+    h.push(&[finding("a", "d", "shop", Severity::High, T0)])
+        .await;
     // Other groups move the clock.
     for (i, t) in [100, 200, 290].iter().enumerate() {
-        h.push(&[finding(&format!("x{i}"), "other", &format!("ns{i}"), Severity::High, T0 + t * S)]).await;
+        h.push(&[finding(
+            &format!("x{i}"),
+            "other",
+            &format!("ns{i}"),
+            Severity::High,
+            T0 + t * S,
+        )])
+        .await;
     }
     h.drain().await;
-    let times: Vec<i64> = h.alerts("slack").await.iter().filter(|a| a.group_labels["detector"] == "d").map(|a| (a.ts - T0) / S).collect();
+    let times: Vec<i64> = h
+        .alerts("slack")
+        .await
+        .iter()
+        .filter(|a| a.group_labels["detector"] == "d")
+        .map(|a| (a.ts - T0) / S)
+        .collect();
     // Flushes at 30 (new), 90, 150 (repeat), 210, 270 (repeat).
     assert_eq!(times, [30, 150, 270]);
 }
 
 #[tokio::test]
 async fn resolution_is_notified_with_the_same_group_key() {
-    let h = Harness::new("group_wait_secs = 30\ngroup_interval_secs = 60", &[("pagerduty", Severity::High)], None).await;
+    let h = Harness::new(
+        "group_wait_secs = 30\ngroup_interval_secs = 60",
+        &[("pagerduty", Severity::High)],
+        None,
+    )
+    .await;
     let a = finding("a", "miner_fingerprint", "research", Severity::Critical, T0);
     h.push(std::slice::from_ref(&a)).await;
     h.push(&[resolved(a, T0 + 100 * S)]).await;
@@ -304,7 +401,13 @@ equal = ["namespace"]
     h.drain().await;
     let mut got: Vec<String> = h.alerts("slack").await.iter().map(|a| a.title()).collect();
     got.sort();
-    assert_eq!(got, ["[FIRING:1] gpu_memory_spike namespace=shop", "[FIRING:1] miner_fingerprint namespace=research"]);
+    assert_eq!(
+        got,
+        [
+            "[FIRING:1] gpu_memory_spike namespace=shop",
+            "[FIRING:1] miner_fingerprint namespace=research"
+        ]
+    );
     let acc = h.metrics.accounting("router");
     assert_eq!((acc.delivered, acc.dropped), (2, 1));
     assert!(acc.balanced());
@@ -312,8 +415,17 @@ equal = ["namespace"]
 
 #[tokio::test]
 async fn silences_mute_and_are_counted() {
-    let h = Harness::new(DEFAULTS, &[("slack", Severity::Info)], Some(r#"namespace="research""#)).await;
-    h.push(&[finding("a", "d", "research", Severity::High, T0), finding("b", "d", "shop", Severity::High, T0)]).await;
+    let h = Harness::new(
+        DEFAULTS,
+        &[("slack", Severity::Info)],
+        Some(r#"namespace="research""#),
+    )
+    .await;
+    h.push(&[
+        finding("a", "d", "research", Severity::High, T0),
+        finding("b", "d", "shop", Severity::High, T0),
+    ])
+    .await;
     h.drain().await;
     let alerts = h.alerts("slack").await;
     assert_eq!(alerts.len(), 1);
@@ -334,9 +446,20 @@ continue = true
 matchers = ['namespace=~".+"']
 receiver = "slack"
 "#;
-    let h = Harness::new(routing, &[("slack", Severity::Medium), ("pagerduty", Severity::High)], None).await;
+    let h = Harness::new(
+        routing,
+        &[("slack", Severity::Medium), ("pagerduty", Severity::High)],
+        None,
+    )
+    .await;
     h.push(&[
-        finding("crit", "miner_fingerprint", "research", Severity::Critical, T0),
+        finding(
+            "crit",
+            "miner_fingerprint",
+            "research",
+            Severity::Critical,
+            T0,
+        ),
         finding("med", "gpu_memory_spike", "shop", Severity::Medium, T0),
         finding("low", "gpu_memory_spike", "shop", Severity::Low, T0),
     ])
@@ -344,7 +467,12 @@ receiver = "slack"
     h.drain().await;
     assert_eq!(h.alerts("pagerduty").await.len(), 1);
     let slack = h.alerts("slack").await;
-    assert_eq!(slack.len(), 2, "{:?}", slack.iter().map(Alert::title).collect::<Vec<_>>());
+    assert_eq!(
+        slack.len(),
+        2,
+        "{:?}",
+        slack.iter().map(Alert::title).collect::<Vec<_>>()
+    );
     // `low` reaches no notifier: the router settles it as unrouted.
     let acc = h.metrics.accounting("router");
     assert_eq!((acc.received, acc.delivered, acc.dropped), (3, 2, 1));
@@ -356,11 +484,18 @@ async fn unsettled_router_records_are_grouped_again_after_a_restart() {
     let m = DeliveryMetrics::default();
     let buffer = BufferConfig::default();
     {
-        let (o, _) = Outbox::open(&dir.path().join("router"), buffer.clone(), m.target("router")).expect("open");
-        let payloads = vec![serde_json::to_vec(&finding("a", "d", "shop", Severity::High, T0)).expect("json")];
+        let (o, _) = Outbox::open(
+            &dir.path().join("router"),
+            buffer.clone(),
+            m.target("router"),
+        )
+        .expect("open");
+        let payloads =
+            vec![serde_json::to_vec(&finding("a", "d", "shop", Severity::High, T0)).expect("json")];
         o.append(Arc::new(payloads)).await.expect("append");
     }
-    let (o, rec) = Outbox::open(&dir.path().join("router"), buffer, m.target("router2")).expect("reopen");
+    let (o, rec) =
+        Outbox::open(&dir.path().join("router"), buffer, m.target("router2")).expect("reopen");
     assert_eq!(rec.pending, 1);
     assert_eq!(o.read_now(10, usize::MAX).await.expect("read").len(), 1);
 }

@@ -89,7 +89,17 @@ impl<T: Target> Worker<T> {
         limits: Limits,
         shutdown: CancellationToken,
     ) -> Self {
-        Worker { target, name, outbox, dead_letter, metrics, limits, shutdown, last_send: None, gone: None }
+        Worker {
+            target,
+            name,
+            outbox,
+            dead_letter,
+            metrics,
+            limits,
+            shutdown,
+            last_send: None,
+            gone: None,
+        }
     }
 
     /// Runs until shutdown.
@@ -103,7 +113,12 @@ impl<T: Target> Worker<T> {
         loop {
             let records = match self
                 .outbox
-                .next_batch(self.limits.max_items, self.limits.max_bytes, self.limits.linger, &self.shutdown)
+                .next_batch(
+                    self.limits.max_items,
+                    self.limits.max_bytes,
+                    self.limits.linger,
+                    &self.shutdown,
+                )
                 .await
             {
                 Ok(r) => r,
@@ -125,11 +140,19 @@ impl<T: Target> Worker<T> {
             for record in records {
                 match serde_json::from_slice::<T::Item>(&record.payload) {
                     Ok(item) => pending.push(Pending { record, item }),
-                    Err(e) => self.dead(DeadLetterReason::Undecodable, &format!("cannot decode the queued item: {e}"), vec![record]),
+                    Err(e) => self.dead(
+                        DeadLetterReason::Undecodable,
+                        &format!("cannot decode the queued item: {e}"),
+                        vec![record],
+                    ),
                 }
             }
             if let Some(reason) = self.gone.clone() {
-                self.dead(DeadLetterReason::Gone, &reason, pending.into_iter().map(|p| p.record).collect());
+                self.dead(
+                    DeadLetterReason::Gone,
+                    &reason,
+                    pending.into_iter().map(|p| p.record).collect(),
+                );
                 continue;
             }
             if !self.deliver(pending).await {
@@ -175,7 +198,8 @@ impl<T: Target> Worker<T> {
                     () = self.shutdown.cancelled() => return false,
                 }
             }
-            let (records, items): (Vec<Record>, Vec<T::Item>) = pending.into_iter().map(|p| (p.record, p.item)).unzip();
+            let (records, items): (Vec<Record>, Vec<T::Item>) =
+                pending.into_iter().map(|p| (p.record, p.item)).unzip();
             self.metrics.requests.inc();
             let outcome = tokio::select! {
                 o = self.target.send(&items) => o,
@@ -196,7 +220,9 @@ impl<T: Target> Worker<T> {
                                 why = r;
                                 retry.push(Pending { record, item });
                             }
-                            ItemOutcome::Reject(r) => self.dead(DeadLetterReason::Rejected, &r, vec![record]),
+                            ItemOutcome::Reject(r) => {
+                                self.dead(DeadLetterReason::Rejected, &r, vec![record])
+                            }
                         }
                     }
                     self.delivered(&ok);
@@ -205,13 +231,21 @@ impl<T: Target> Worker<T> {
                     // A receiver that answers for a different number of items cannot be
                     // trusted about any of them: send them all again.
                     why = format!("{} results for {} items", results.len(), records.len());
-                    retry = records.into_iter().zip(items).map(|(record, item)| Pending { record, item }).collect();
+                    retry = records
+                        .into_iter()
+                        .zip(items)
+                        .map(|(record, item)| Pending { record, item })
+                        .collect();
                 }
                 Outcome::Failed(f) => match f.action {
                     Action::Retry => {
                         why = f.reason;
                         retry_after = f.retry_after;
-                        retry = records.into_iter().zip(items).map(|(record, item)| Pending { record, item }).collect();
+                        retry = records
+                            .into_iter()
+                            .zip(items)
+                            .map(|(record, item)| Pending { record, item })
+                            .collect();
                     }
                     Action::Reject => self.dead(DeadLetterReason::Rejected, &f.reason, records),
                     Action::Gone => {
@@ -229,7 +263,11 @@ impl<T: Target> Worker<T> {
             attempt += 1;
             if self.limits.max_attempts > 0 && attempt >= self.limits.max_attempts {
                 let reason = format!("gave up after {attempt} attempts: {why}");
-                self.dead(DeadLetterReason::RetriesExhausted, &reason, pending.into_iter().map(|p| p.record).collect());
+                self.dead(
+                    DeadLetterReason::RetriesExhausted,
+                    &reason,
+                    pending.into_iter().map(|p| p.record).collect(),
+                );
                 break;
             }
             self.metrics.retries.inc();
@@ -249,7 +287,9 @@ impl<T: Target> Worker<T> {
         }
         let now = gpusiem_ingest::source::now_nanos();
         for r in records {
-            self.metrics.latency.observe((now - r.enqueued_at).max(0) as f64 / 1e9);
+            self.metrics
+                .latency
+                .observe((now - r.enqueued_at).max(0) as f64 / 1e9);
         }
         self.metrics.delivered.inc_by(records.len() as u64);
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
@@ -275,7 +315,8 @@ impl<T: Target> Worker<T> {
     fn read_gone_marker(&self) -> Option<String> {
         let text = std::fs::read_to_string(gone_marker(&self.outbox)).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        (v["destination"].as_str() == Some(self.target.destination().as_str())).then(|| v["reason"].as_str().unwrap_or("gone").to_string())
+        (v["destination"].as_str() == Some(self.target.destination().as_str()))
+            .then(|| v["reason"].as_str().unwrap_or("gone").to_string())
     }
 
     fn write_gone_marker(&self, reason: &str) {

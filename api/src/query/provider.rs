@@ -51,8 +51,18 @@ pub(crate) struct ScopedTable {
 impl ScopedTable {
     /// The table `table` of `store`, filtered to `namespaces`. A scoped table must have a
     /// `namespace` column (the engine never builds one otherwise).
-    pub(crate) fn new(store: Arc<Store>, table: &str, schema: SchemaRef, namespaces: Option<Arc<[String]>>) -> Self {
-        ScopedTable { store, table: table.to_string(), schema, namespaces }
+    pub(crate) fn new(
+        store: Arc<Store>,
+        table: &str,
+        schema: SchemaRef,
+        namespaces: Option<Arc<[String]>>,
+    ) -> Self {
+        ScopedTable {
+            store,
+            table: table.to_string(),
+            schema,
+            namespaces,
+        }
     }
 }
 
@@ -66,7 +76,10 @@ impl TableProvider for ScopedTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         // Used for pruning only; DataFusion still applies every filter above the scan.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -100,11 +113,22 @@ impl TableProvider for ScopedTable {
             }
         };
         // A limit below a filter would drop matching rows.
-        let scan_limit = if self.namespaces.is_some() { None } else { limit };
+        let scan_limit = if self.namespaces.is_some() {
+            None
+        } else {
+            limit
+        };
 
-        let snap = self.store.snapshot(&self.table).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let snap = self
+            .store
+            .snapshot(&self.table)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let (lo, hi) = ts_bounds(filters);
-        let files: Vec<_> = snap.files.into_iter().filter(|(_, f)| f.max_ts >= lo && f.min_ts <= hi).collect();
+        let files: Vec<_> = snap
+            .files
+            .into_iter()
+            .filter(|(_, f)| f.max_ts >= lo && f.min_ts <= hi)
+            .collect();
         let tail: Vec<_> = snap
             .tail
             .into_iter()
@@ -112,7 +136,8 @@ impl TableProvider for ScopedTable {
                 if b.schema() == self.schema {
                     Ok(b)
                 } else {
-                    crate::store::conform_batch(&b, &self.schema).map_err(datafusion::error::DataFusionError::Execution)
+                    crate::store::conform_batch(&b, &self.schema)
+                        .map_err(datafusion::error::DataFusionError::Execution)
                 }
             })
             .collect::<DfResult<_>>()?;
@@ -120,7 +145,8 @@ impl TableProvider for ScopedTable {
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !files.is_empty() {
             let groups = file_groups(files, state.config().target_partitions().max(1));
-            let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+            let format =
+                ParquetFormat::default().with_options(state.table_options().parquet.clone());
             let source = format.file_source(self.schema.clone().into());
             let conf = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
                 .with_file_groups(groups)
@@ -130,7 +156,9 @@ impl TableProvider for ScopedTable {
             inputs.push(format.create_physical_plan(state, conf).await?);
         }
         if !tail.is_empty() {
-            let mem = MemorySourceConfig::try_new(&[tail], self.schema.clone(), Some(cols.clone()))?.with_limit(scan_limit);
+            let mem =
+                MemorySourceConfig::try_new(&[tail], self.schema.clone(), Some(cols.clone()))?
+                    .with_limit(scan_limit);
             inputs.push(datafusion::datasource::memory::DataSourceExec::from_data_source(mem));
         }
         let plan: Arc<dyn ExecutionPlan> = match inputs.len() {
@@ -141,14 +169,23 @@ impl TableProvider for ScopedTable {
             return Ok(plan);
         };
         let plan_schema = plan.schema();
-        let list = namespaces.iter().map(|n| lit(ScalarValue::Utf8(Some(n.clone())))).collect();
-        let predicate = in_list(Arc::new(Column::new(NAMESPACE, ns_pos)), list, &false, &plan_schema)?;
+        let list = namespaces
+            .iter()
+            .map(|n| lit(ScalarValue::Utf8(Some(n.clone()))))
+            .collect();
+        let predicate = in_list(
+            Arc::new(Column::new(NAMESPACE, ns_pos)),
+            list,
+            &false,
+            &plan_schema,
+        )?;
         let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, plan)?);
         if cols.len() == wanted.len() {
             return Ok(filtered);
         }
         // Drop the namespace column the query did not ask for.
-        let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = (0..wanted.len())
+        let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = (0..wanted
+            .len())
             .map(|i| {
                 let name = plan_schema.field(i).name().clone();
                 (Arc::new(Column::new(&name, i)) as _, name)
@@ -159,13 +196,20 @@ impl TableProvider for ScopedTable {
 }
 
 /// Spreads files over `n` groups, largest first onto the lightest group.
-fn file_groups(mut files: Vec<(std::path::PathBuf, crate::store::FileEntry)>, n: usize) -> Vec<FileGroup> {
+fn file_groups(
+    mut files: Vec<(std::path::PathBuf, crate::store::FileEntry)>,
+    n: usize,
+) -> Vec<FileGroup> {
     files.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n.min(files.len())).map(|_| (0, Vec::new())).collect();
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
+        (0..n.min(files.len())).map(|_| (0, Vec::new())).collect();
     for (path, f) in files {
         if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
             g.0 += f.bytes;
-            g.1.push(PartitionedFile::new(path.to_string_lossy().into_owned(), f.bytes));
+            g.1.push(PartitionedFile::new(
+                path.to_string_lossy().into_owned(),
+                f.bytes,
+            ));
         }
     }
     groups.into_iter().map(|(_, f)| FileGroup::new(f)).collect()
@@ -182,7 +226,11 @@ pub(crate) fn ts_bounds(filters: &[Expr]) -> (i64, i64) {
 
 fn visit(e: &Expr, b: &mut (i64, i64)) {
     match e {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
             visit(left, b);
             visit(right, b);
         }
@@ -197,7 +245,12 @@ fn visit(e: &Expr, b: &mut (i64, i64)) {
                 }
             }
         }
-        Expr::Between(Between { expr, negated: false, low, high }) if is_ts(expr) => {
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_ts(expr) => {
             if let Some(v) = ts_literal(low) {
                 b.0 = b.0.max(v);
             }
@@ -245,19 +298,37 @@ mod tests {
     use super::*;
 
     fn ts(v: i64) -> Expr {
-        lit(ScalarValue::TimestampNanosecond(Some(v), Some("UTC".into())))
+        lit(ScalarValue::TimestampNanosecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
     }
 
     #[test]
     fn bounds_come_from_conjunctions_on_ts_only() {
-        assert_eq!(ts_bounds(&[col("ts").gt_eq(ts(10)), col("ts").lt(ts(20))]), (10, 20));
-        assert_eq!(ts_bounds(&[ts(10).lt_eq(col("ts")).and(col("ts").lt_eq(ts(30)))]), (10, 30));
+        assert_eq!(
+            ts_bounds(&[col("ts").gt_eq(ts(10)), col("ts").lt(ts(20))]),
+            (10, 20)
+        );
+        assert_eq!(
+            ts_bounds(&[ts(10).lt_eq(col("ts")).and(col("ts").lt_eq(ts(30)))]),
+            (10, 30)
+        );
         assert_eq!(ts_bounds(&[col("ts").between(ts(5), ts(7))]), (5, 7));
         assert_eq!(ts_bounds(&[col("ts").eq(ts(9))]), (9, 9));
         // A disjunction or another column gives no bound.
-        assert_eq!(ts_bounds(&[col("ts").gt(ts(10)).or(col("ts").lt(ts(5)))]), (i64::MIN, i64::MAX));
-        assert_eq!(ts_bounds(&[col("last_ts").gt(ts(10))]), (i64::MIN, i64::MAX));
+        assert_eq!(
+            ts_bounds(&[col("ts").gt(ts(10)).or(col("ts").lt(ts(5)))]),
+            (i64::MIN, i64::MAX)
+        );
+        assert_eq!(
+            ts_bounds(&[col("last_ts").gt(ts(10))]),
+            (i64::MIN, i64::MAX)
+        );
         let secs = lit(ScalarValue::TimestampSecond(Some(2), None));
-        assert_eq!(ts_bounds(&[col("ts").gt_eq(secs)]), (2_000_000_000, i64::MAX));
+        assert_eq!(
+            ts_bounds(&[col("ts").gt_eq(secs)]),
+            (2_000_000_000, i64::MAX)
+        );
     }
 }

@@ -25,12 +25,19 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature,
 };
 
 /// Functions removed from every session (they build large outputs from tiny inputs).
-pub const DENIED_FUNCTIONS: &[&str] =
-    &["generate_series", "range", "array_repeat", "list_repeat", "array_resize", "list_resize"];
+pub const DENIED_FUNCTIONS: &[&str] = &[
+    "generate_series",
+    "range",
+    "array_repeat",
+    "list_repeat",
+    "array_resize",
+    "list_resize",
+];
 
 /// How a capped function's output size is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,12 +68,22 @@ fn cap_of(name: &str) -> Option<Cap> {
 
 /// Applies the function policy to the session's scalar functions: denied ones are dropped,
 /// expanding ones wrapped with their cap.
-pub(crate) fn apply_function_policy(functions: &mut Vec<Arc<ScalarUDF>>, extra_denied: &[String], max_output_bytes: usize) {
-    let denied = |n: &str| DENIED_FUNCTIONS.contains(&n) || extra_denied.iter().any(|d| d.eq_ignore_ascii_case(n));
+pub(crate) fn apply_function_policy(
+    functions: &mut Vec<Arc<ScalarUDF>>,
+    extra_denied: &[String],
+    max_output_bytes: usize,
+) {
+    let denied = |n: &str| {
+        DENIED_FUNCTIONS.contains(&n) || extra_denied.iter().any(|d| d.eq_ignore_ascii_case(n))
+    };
     functions.retain(|f| !denied(f.name()) && !f.aliases().iter().any(|a| denied(a)));
     for f in functions.iter_mut() {
         if let Some(cap) = cap_of(f.name()) {
-            *f = Arc::new(ScalarUDF::new_from_impl(Capped { inner: f.clone(), cap, max_output_bytes }));
+            *f = Arc::new(ScalarUDF::new_from_impl(Capped {
+                inner: f.clone(),
+                cap,
+                max_output_bytes,
+            }));
         }
     }
 }
@@ -81,7 +98,9 @@ struct Capped {
 
 impl PartialEq for Capped {
     fn eq(&self, other: &Self) -> bool {
-        self.inner.name() == other.inner.name() && self.cap == other.cap && self.max_output_bytes == other.max_output_bytes
+        self.inner.name() == other.inner.name()
+            && self.cap == other.cap
+            && self.max_output_bytes == other.max_output_bytes
     }
 }
 impl Eq for Capped {}
@@ -137,7 +156,9 @@ fn string_stats(v: Option<&ColumnarValue>, rows: usize) -> (u128, u128) {
         None => (0, 0),
         Some(ColumnarValue::Scalar(s)) => {
             let n = match s {
-                ScalarValue::Utf8(Some(x)) | ScalarValue::LargeUtf8(Some(x)) | ScalarValue::Utf8View(Some(x)) => x.len() as u128,
+                ScalarValue::Utf8(Some(x))
+                | ScalarValue::LargeUtf8(Some(x))
+                | ScalarValue::Utf8View(Some(x)) => x.len() as u128,
                 _ => 0,
             };
             (n * rows.max(1) as u128, n)
@@ -150,9 +171,18 @@ fn string_stats(v: Option<&ColumnarValue>, rows: usize) -> (u128, u128) {
                 max = max.max(n as u128);
             };
             match a.data_type() {
-                DataType::Utf8 => a.as_string::<i32>().iter().for_each(|s| add(s.map_or(0, str::len))),
-                DataType::LargeUtf8 => a.as_string::<i64>().iter().for_each(|s| add(s.map_or(0, str::len))),
-                DataType::Utf8View => a.as_string_view().iter().for_each(|s| add(s.map_or(0, str::len))),
+                DataType::Utf8 => a
+                    .as_string::<i32>()
+                    .iter()
+                    .for_each(|s| add(s.map_or(0, str::len))),
+                DataType::LargeUtf8 => a
+                    .as_string::<i64>()
+                    .iter()
+                    .for_each(|s| add(s.map_or(0, str::len))),
+                DataType::Utf8View => a
+                    .as_string_view()
+                    .iter()
+                    .for_each(|s| add(s.map_or(0, str::len))),
                 _ => {
                     let n = a.get_array_memory_size();
                     add(n);
@@ -241,9 +271,11 @@ fn output_bound(cap: Cap, args: &[ColumnarValue], rows: usize) -> u128 {
             let (s_total, s_max) = string_stats(args.first(), rows);
             let (_, repl_max) = string_stats(args.get(2), rows);
             let refs = match args.get(2) {
-                Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(r)) | ScalarValue::LargeUtf8(Some(r)) | ScalarValue::Utf8View(Some(r)))) => {
-                    r.bytes().filter(|&b| b == b'$' || b == b'\\').count() as u128
-                }
+                Some(ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(r))
+                    | ScalarValue::LargeUtf8(Some(r))
+                    | ScalarValue::Utf8View(Some(r)),
+                )) => r.bytes().filter(|&b| b == b'$' || b == b'\\').count() as u128,
                 _ => repl_max,
             };
             let per_match = repl_max.saturating_add(refs.saturating_mul(s_max));
@@ -272,7 +304,9 @@ pub(crate) fn classify(e: &DataFusionError) -> &'static str {
         _ => {
             // Errors from inside execution sometimes arrive wrapped in Arrow/External errors.
             let text = root.to_string();
-            if text.contains("Resources exhausted") || text.contains("memory") && text.contains("limit") {
+            if text.contains("Resources exhausted")
+                || text.contains("memory") && text.contains("limit")
+            {
                 "resources"
             } else {
                 "failed"
@@ -304,14 +338,29 @@ mod tests {
 
     #[test]
     fn bounds_cover_the_known_abuses() {
-        assert_eq!(output_bound(Cap::Pad, &[utf8("a"), int(1 << 30), utf8("a")], 1), 4 << 30);
+        assert_eq!(
+            output_bound(Cap::Pad, &[utf8("a"), int(1 << 30), utf8("a")], 1),
+            4 << 30
+        );
         assert_eq!(output_bound(Cap::Repeat, &[utf8("ab"), int(1000)], 1), 2000);
         assert_eq!(output_bound(Cap::Repeat, &[utf8("ab"), int(-5)], 1), 0);
         // replace with an empty pattern inserts `to` at every position.
-        assert_eq!(output_bound(Cap::Replace, &[utf8("abc"), utf8(""), utf8("xy")], 1), 3 + 4 * 2);
+        assert_eq!(
+            output_bound(Cap::Replace, &[utf8("abc"), utf8(""), utf8("xy")], 1),
+            3 + 4 * 2
+        );
         // A group reference may copy the whole input once per match.
-        assert_eq!(output_bound(Cap::RegexpReplace, &[utf8("abcd"), utf8(".*"), utf8("$0$0")], 1), 4 + 5 * (4 + 2 * 4));
-        let arr = ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec!["aa", "bbbb"])));
+        assert_eq!(
+            output_bound(
+                Cap::RegexpReplace,
+                &[utf8("abcd"), utf8(".*"), utf8("$0$0")],
+                1
+            ),
+            4 + 5 * (4 + 2 * 4)
+        );
+        let arr = ColumnarValue::Array(Arc::new(arrow::array::StringArray::from(vec![
+            "aa", "bbbb",
+        ])));
         assert_eq!(output_bound(Cap::Repeat, &[arr, int(3)], 2), 18);
     }
 
@@ -321,7 +370,13 @@ mod tests {
         let before = fns.len();
         apply_function_policy(&mut fns, &["uuid".to_string()], 1 << 20);
         let names: Vec<&str> = fns.iter().map(|f| f.name()).collect();
-        for d in ["range", "generate_series", "array_repeat", "array_resize", "uuid"] {
+        for d in [
+            "range",
+            "generate_series",
+            "array_repeat",
+            "array_resize",
+            "uuid",
+        ] {
             assert!(!names.contains(&d), "{d} is still there");
         }
         assert!(fns.len() < before);

@@ -13,7 +13,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, Float64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt16Builder, UInt64Builder,
+    ArrayRef, Float64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+    UInt16Builder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sha2::{Digest, Sha256};
@@ -64,7 +65,11 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(columns::TS, gpusiem_ingest::schema::ts_type(), false),
         utf8(columns::PRINCIPAL, false),
         utf8(columns::AUTH, false),
-        Field::new(columns::NAMESPACES, DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true),
+        Field::new(
+            columns::NAMESPACES,
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        ),
         utf8(columns::METHOD, false),
         utf8(columns::ROUTE, false),
         utf8(columns::PATH, false),
@@ -230,7 +235,9 @@ impl AuditLog {
 
     /// Appends one record; returns once the store has it.
     pub async fn record(&self, record: AuditRecord) -> crate::Result<()> {
-        self.store.append_table(TABLE, &to_record_batch(std::slice::from_ref(&record))).await
+        self.store
+            .append_table(TABLE, &to_record_batch(std::slice::from_ref(&record)))
+            .await
     }
 }
 
@@ -260,20 +267,37 @@ mod tests {
             duration_ms: 1.5,
             remote_addr: None,
         };
-        let anon = AuditRecord { principal: "anonymous".into(), namespaces: None, rows: Some(3), ..r.clone() };
+        let anon = AuditRecord {
+            principal: "anonymous".into(),
+            namespaces: None,
+            rows: Some(3),
+            ..r.clone()
+        };
         let b = to_record_batch(&[r, anon]);
         assert_eq!(b.num_rows(), 2);
-        let ns = b.column_by_name(columns::NAMESPACES).expect("namespaces").as_list::<i32>();
+        let ns = b
+            .column_by_name(columns::NAMESPACES)
+            .expect("namespaces")
+            .as_list::<i32>();
         assert!(ns.is_valid(0) && ns.is_null(1));
-        let rows = b.column_by_name(columns::ROWS).expect("rows").as_primitive::<UInt64Type>();
+        let rows = b
+            .column_by_name(columns::ROWS)
+            .expect("rows")
+            .as_primitive::<UInt64Type>();
         assert!(rows.is_null(0));
         assert_eq!(rows.value(1), 3);
-        assert!(b.schema().column_with_name("namespace").is_none(), "no namespace column: admin-only table");
+        assert!(
+            b.schema().column_with_name("namespace").is_none(),
+            "no namespace column: admin-only table"
+        );
     }
 
     #[test]
     fn sql_hash_is_sha256_hex() {
-        assert_eq!(sql_sha256(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            sql_sha256(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]

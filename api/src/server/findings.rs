@@ -75,15 +75,26 @@ fn bad_request(message: impl Into<String>) -> ErrorReply {
 }
 
 fn internal(e: datafusion::error::DataFusionError) -> ErrorReply {
-    ErrorReply::from(crate::Error::Query { kind: "internal", reason: e.to_string() })
+    ErrorReply::from(crate::Error::Query {
+        kind: "internal",
+        reason: e.to_string(),
+    })
 }
 
 fn ts_lit(ns: i64) -> Expr {
-    lit(ScalarValue::TimestampNanosecond(Some(ns), Some(Arc::from("UTC"))))
+    lit(ScalarValue::TimestampNanosecond(
+        Some(ns),
+        Some(Arc::from("UTC")),
+    ))
 }
 
 fn time_param(name: &str, value: Option<&str>) -> Result<Option<i64>, ErrorReply> {
-    value.map(|v| parse_rfc3339_nanos(v).ok_or_else(|| bad_request(format!("`{name}` must be an RFC 3339 time")))).transpose()
+    value
+        .map(|v| {
+            parse_rfc3339_nanos(v)
+                .ok_or_else(|| bad_request(format!("`{name}` must be an RFC 3339 time")))
+        })
+        .transpose()
 }
 
 /// Encodes a page position: hex of `<ts>.<id>`.
@@ -103,7 +114,10 @@ pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
 
 /// A finding id is 32 lower-case hex characters.
 pub fn valid_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Runs `df` with the engine's timeout, memory pool and result caps.
@@ -120,24 +134,40 @@ pub async fn list(
     let Query(p) = params.map_err(|e| bad_request(e.body_text()))?;
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > s.limits.max_page {
-        return Err(bad_request(format!("`limit` must be 1 … {}", s.limits.max_page)));
+        return Err(bad_request(format!(
+            "`limit` must be 1 … {}",
+            s.limits.max_page
+        )));
     }
     let min_rank = p
         .severity
         .as_deref()
         .map(|v| {
-            Severity::parse(v).map(Severity::rank).ok_or_else(|| bad_request("`severity` must be info, low, medium, high or critical"))
+            Severity::parse(v).map(Severity::rank).ok_or_else(|| {
+                bad_request("`severity` must be info, low, medium, high or critical")
+            })
         })
         .transpose()?;
-    if p.status.as_deref().is_some_and(|st| st != "firing" && st != "resolved") {
+    if p.status
+        .as_deref()
+        .is_some_and(|st| st != "firing" && st != "resolved")
+    {
         return Err(bad_request("`status` must be firing or resolved"));
     }
     let since = time_param("since", p.since.as_deref())?;
     let until = time_param("until", p.until.as_deref())?;
-    let cursor =
-        p.cursor.as_deref().map(|c| decode_cursor(c).ok_or_else(|| bad_request("`cursor` is not a cursor of this API"))).transpose()?;
+    let cursor = p
+        .cursor
+        .as_deref()
+        .map(|c| {
+            decode_cursor(c).ok_or_else(|| bad_request("`cursor` is not a cursor of this API"))
+        })
+        .transpose()?;
 
-    let mut df = s.engine.dataframe(FINDINGS, &principal.namespace_scope()).await?;
+    let mut df = s
+        .engine
+        .dataframe(FINDINGS, &principal.namespace_scope())
+        .await?;
     // Filters on what every revision of a finding shares go before the window.
     let mut shared: Vec<Expr> = Vec::new();
     if let Some(ns) = &p.namespace {
@@ -153,42 +183,68 @@ pub async fn list(
         shared.push(col(sc::TS).lt(ts_lit(u)));
     }
     if let Some((ts, id)) = &cursor {
-        shared.push(col(sc::TS).lt(ts_lit(*ts)).or(col(sc::TS).eq(ts_lit(*ts)).and(col(fc::ID).lt(lit(id.as_str())))));
+        shared.push(
+            col(sc::TS).lt(ts_lit(*ts)).or(col(sc::TS)
+                .eq(ts_lit(*ts))
+                .and(col(fc::ID).lt(lit(id.as_str())))),
+        );
     }
     for f in shared {
         df = df.filter(f).map_err(internal)?;
     }
     let rank = row_number()
         .partition_by(vec![col(fc::ID)])
-        .order_by(vec![col(fc::REVISION).sort(false, false), col(fc::LAST_TS).sort(false, false)])
+        .order_by(vec![
+            col(fc::REVISION).sort(false, false),
+            col(fc::LAST_TS).sort(false, false),
+        ])
         .build()
         .map_err(internal)?
         .alias(ROW_NUMBER);
-    df = df.window(vec![rank]).map_err(internal)?.filter(col(ROW_NUMBER).eq(lit(1u64))).map_err(internal)?;
+    df = df
+        .window(vec![rank])
+        .map_err(internal)?
+        .filter(col(ROW_NUMBER).eq(lit(1u64)))
+        .map_err(internal)?;
     if let Some(r) = min_rank {
-        df = df.filter(col(fc::SEVERITY_RANK).gt_eq(lit(r))).map_err(internal)?;
+        df = df
+            .filter(col(fc::SEVERITY_RANK).gt_eq(lit(r)))
+            .map_err(internal)?;
     }
     if let Some(st) = &p.status {
-        df = df.filter(col(fc::STATUS).eq(lit(st.as_str()))).map_err(internal)?;
+        df = df
+            .filter(col(fc::STATUS).eq(lit(st.as_str())))
+            .map_err(internal)?;
     }
     if let Some(since) = since {
-        df = df.filter(col(fc::LAST_TS).gt_eq(ts_lit(since))).map_err(internal)?;
+        df = df
+            .filter(col(fc::LAST_TS).gt_eq(ts_lit(since)))
+            .map_err(internal)?;
     }
     let df = df
-        .sort(vec![col(sc::TS).sort(false, false), col(fc::ID).sort(false, false)])
+        .sort(vec![
+            col(sc::TS).sort(false, false),
+            col(fc::ID).sort(false, false),
+        ])
         .map_err(internal)?
         .limit(0, Some(limit + 1))
         .map_err(internal)?;
     let mut rows = finding_rows(&collect(&s, df).await?)?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
-        rows.last().and_then(row_position).map(|(ts, id)| encode_cursor(ts, &id))
+        rows.last()
+            .and_then(row_position)
+            .map(|(ts, id)| encode_cursor(ts, &id))
     } else {
         None
     };
     let n = rows.len() as u64;
-    let mut resp = axum::Json(serde_json::json!({ "findings": rows, "next_cursor": next_cursor })).into_response();
-    resp.extensions_mut().insert(AuditNote { rows: Some(n), ..AuditNote::default() });
+    let mut resp = axum::Json(serde_json::json!({ "findings": rows, "next_cursor": next_cursor }))
+        .into_response();
+    resp.extensions_mut().insert(AuditNote {
+        rows: Some(n),
+        ..AuditNote::default()
+    });
     Ok(resp)
 }
 
@@ -220,7 +276,10 @@ pub async fn get_one(
     let batches = collect(&s, df).await?;
     let mut event_ids: Vec<String> = Vec::new();
     for b in &batches {
-        if let Some(list) = b.column_by_name(fc::EVENT_IDS).and_then(|c| c.as_list_opt::<i32>()) {
+        if let Some(list) = b
+            .column_by_name(fc::EVENT_IDS)
+            .and_then(|c| c.as_list_opt::<i32>())
+        {
             for i in 0..list.len() {
                 if list.is_null(i) {
                     continue;
@@ -256,11 +315,17 @@ pub async fn get_one(
             .map_err(internal)?;
         let rows = event_rows(&collect(&s, df).await?)?;
         total += rows.len() as u64;
-        events.insert(stream.name().to_string(), Value::Array(rows.into_iter().map(Value::Object).collect()));
+        events.insert(
+            stream.name().to_string(),
+            Value::Array(rows.into_iter().map(Value::Object).collect()),
+        );
     }
     let body = serde_json::json!({ "finding": latest, "revisions": revisions, "events": events });
     let mut resp = axum::Json(body).into_response();
-    resp.extensions_mut().insert(AuditNote { rows: Some(1 + total), ..AuditNote::default() });
+    resp.extensions_mut().insert(AuditNote {
+        rows: Some(1 + total),
+        ..AuditNote::default()
+    });
     Ok(resp)
 }
 
@@ -271,7 +336,10 @@ pub fn contributing_filters(event_ids: &[String]) -> Vec<(Stream, Expr)> {
     let mut audit = Vec::new();
     let mut gpu: Vec<Expr> = Vec::new();
     for e in event_ids {
-        if let Some(id) = e.strip_prefix("falco:").or_else(|| e.strip_prefix("falco_events:")) {
+        if let Some(id) = e
+            .strip_prefix("falco:")
+            .or_else(|| e.strip_prefix("falco_events:"))
+        {
             falco.push(lit(id.to_string()));
         } else if let Some(id) = e.strip_prefix("k8s_audit:") {
             audit.push(lit(id.to_string()));
@@ -279,11 +347,20 @@ pub fn contributing_filters(event_ids: &[String]) -> Vec<(Stream, Expr)> {
             if gpu.len() >= MAX_GPU_SAMPLES {
                 continue;
             }
-            let Some((key, at)) = rest.rsplit_once('@') else { continue };
-            let (Some(uuid), Some(ts)) = (key.split('/').next().filter(|u| !u.is_empty()), parse_rfc3339_nanos(at)) else {
+            let Some((key, at)) = rest.rsplit_once('@') else {
                 continue;
             };
-            gpu.push(col(sc::GPU_UUID).eq(lit(uuid.to_string())).and(col(sc::TS).eq(ts_lit(ts))));
+            let (Some(uuid), Some(ts)) = (
+                key.split('/').next().filter(|u| !u.is_empty()),
+                parse_rfc3339_nanos(at),
+            ) else {
+                continue;
+            };
+            gpu.push(
+                col(sc::GPU_UUID)
+                    .eq(lit(uuid.to_string()))
+                    .and(col(sc::TS).eq(ts_lit(ts))),
+            );
         }
     }
     let mut out = Vec::new();
@@ -304,19 +381,32 @@ pub fn contributing_filters(event_ids: &[String]) -> Vec<(Stream, Expr)> {
 fn event_rows(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>, ErrorReply> {
     let mut out = Vec::new();
     for b in batches {
-        let rows: Vec<Map<String, Value>> = serde_json::from_slice(&json_array(std::slice::from_ref(b))?)
-            .map_err(|_| ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding"))?;
+        let rows: Vec<Map<String, Value>> =
+            serde_json::from_slice(&json_array(std::slice::from_ref(b))?)
+                .map_err(|_| ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding"))?;
         let schema = b.schema();
-        let ts_columns: Vec<(&str, &arrow::array::PrimitiveArray<TimestampNanosecondType>)> = schema
-            .fields()
-            .iter()
-            .zip(b.columns())
-            .filter(|(f, _)| matches!(f.data_type(), DataType::Timestamp(TimeUnit::Nanosecond, _)))
-            .filter_map(|(f, c)| Some((f.name().as_str(), c.as_primitive_opt::<TimestampNanosecondType>()?)))
-            .collect();
+        let ts_columns: Vec<(&str, &arrow::array::PrimitiveArray<TimestampNanosecondType>)> =
+            schema
+                .fields()
+                .iter()
+                .zip(b.columns())
+                .filter(|(f, _)| {
+                    matches!(f.data_type(), DataType::Timestamp(TimeUnit::Nanosecond, _))
+                })
+                .filter_map(|(f, c)| {
+                    Some((
+                        f.name().as_str(),
+                        c.as_primitive_opt::<TimestampNanosecondType>()?,
+                    ))
+                })
+                .collect();
         for (i, mut row) in rows.into_iter().enumerate() {
             for (name, array) in &ts_columns {
-                let v = if array.is_null(i) { Value::Null } else { Value::String(format_rfc3339_nanos(array.value(i))) };
+                let v = if array.is_null(i) {
+                    Value::Null
+                } else {
+                    Value::String(format_rfc3339_nanos(array.value(i)))
+                };
                 row.insert((*name).to_string(), v);
             }
             out.push(row);
@@ -353,7 +443,11 @@ mod tests {
         let c = encode_cursor(-5, id);
         assert_eq!(decode_cursor(&c), Some((-5, id.to_string())));
         assert_eq!(decode_cursor("zz"), None);
-        assert_eq!(decode_cursor(&hex::encode("12.' OR 1=1 --")), None, "the id part must be a finding id");
+        assert_eq!(
+            decode_cursor(&hex::encode("12.' OR 1=1 --")),
+            None,
+            "the id part must be a finding id"
+        );
         assert_eq!(decode_cursor(&hex::encode(format!("x.{id}"))), None);
     }
 
@@ -380,9 +474,15 @@ mod tests {
         .collect();
         let f = contributing_filters(&ids);
         let streams: Vec<Stream> = f.iter().map(|(s, _)| *s).collect();
-        assert_eq!(streams, [Stream::FalcoEvents, Stream::K8sAudit, Stream::GpuMetrics]);
+        assert_eq!(
+            streams,
+            [Stream::FalcoEvents, Stream::K8sAudit, Stream::GpuMetrics]
+        );
         let gpu = f[2].1.to_string();
-        assert!(gpu.contains("GPU-1") && gpu.contains("GPU-2") && gpu.contains(" OR "), "{gpu}");
+        assert!(
+            gpu.contains("GPU-1") && gpu.contains("GPU-2") && gpu.contains(" OR "),
+            "{gpu}"
+        );
         assert!(contributing_filters(&[]).is_empty());
     }
 }

@@ -15,8 +15,9 @@ use crate::auth::Scope;
 /// The document's text.
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
-static PARSED: LazyLock<serde_json::Value> =
-    LazyLock::new(|| serde_json::from_str(DOCUMENT).expect("openapi.json is valid JSON (checked by a test)"));
+static PARSED: LazyLock<serde_json::Value> = LazyLock::new(|| {
+    serde_json::from_str(DOCUMENT).expect("openapi.json is valid JSON (checked by a test)")
+});
 
 /// The parsed document.
 pub fn document() -> &'static serde_json::Value {
@@ -34,7 +35,9 @@ pub struct Operation {
     pub scope: Option<String>,
 }
 
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 /// Every operation of the document.
 pub fn operations() -> Vec<Operation> {
@@ -46,7 +49,10 @@ pub fn operations() -> Vec<Operation> {
                     out.push(Operation {
                         method: m.to_ascii_uppercase(),
                         path: path.clone(),
-                        scope: op.get("x-gpusiem-scope").and_then(|s| s.as_str()).map(str::to_string),
+                        scope: op
+                            .get("x-gpusiem-scope")
+                            .and_then(|s| s.as_str())
+                            .map(str::to_string),
                     });
                 }
             }
@@ -82,21 +88,44 @@ mod tests {
     fn every_registered_route_is_documented_with_its_scope_and_vice_versa() {
         let mut registered: Vec<Operation> = registered_routes()
             .into_iter()
-            .map(|(m, p)| Operation { method: m.as_str().to_string(), path: p.to_string(), scope: scope_name(required_scope(p)) })
+            .map(|(m, p)| Operation {
+                method: m.as_str().to_string(),
+                path: p.to_string(),
+                scope: scope_name(required_scope(p)),
+            })
             .collect();
         registered.sort();
-        let documented: Vec<Operation> = operations().into_iter().filter(|o| !o.path.starts_with(crate::server::SILENCES_PREFIX)).collect();
-        let missing: Vec<_> = registered.iter().filter(|r| !documented.contains(r)).collect();
-        let extra: Vec<_> = documented.iter().filter(|d| !registered.contains(d)).collect();
-        assert!(missing.is_empty(), "registered but not documented (or with another scope): {missing:?}");
+        let documented: Vec<Operation> = operations()
+            .into_iter()
+            .filter(|o| !o.path.starts_with(crate::server::SILENCES_PREFIX))
+            .collect();
+        let missing: Vec<_> = registered
+            .iter()
+            .filter(|r| !documented.contains(r))
+            .collect();
+        let extra: Vec<_> = documented
+            .iter()
+            .filter(|d| !registered.contains(d))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "registered but not documented (or with another scope): {missing:?}"
+        );
         assert!(extra.is_empty(), "documented but not registered: {extra:?}");
     }
 
     #[test]
     fn documented_silences_routes_need_admin() {
-        for op in operations().into_iter().filter(|o| o.path.starts_with(crate::server::SILENCES_PREFIX)) {
+        for op in operations()
+            .into_iter()
+            .filter(|o| o.path.starts_with(crate::server::SILENCES_PREFIX))
+        {
             assert_eq!(op.scope.as_deref(), Some("admin"), "{op:?}");
-            assert_eq!(scope_name(required_scope(&op.path)).as_deref(), Some("admin"), "{op:?}");
+            assert_eq!(
+                scope_name(required_scope(&op.path)).as_deref(),
+                Some("admin"),
+                "{op:?}"
+            );
         }
     }
 }

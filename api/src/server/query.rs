@@ -54,7 +54,8 @@ pub fn json_array(batches: &[RecordBatch]) -> Result<Vec<u8>, ErrorReply> {
 
 /// `batches` as an Arrow IPC stream.
 pub fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ErrorReply> {
-    let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema).map_err(encode_error)?;
+    let mut w =
+        arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema).map_err(encode_error)?;
     for b in batches {
         w.write(b).map_err(encode_error)?;
     }
@@ -64,7 +65,10 @@ pub fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>
 
 fn encode_error(e: arrow::error::ArrowError) -> ErrorReply {
     tracing::error!(error = %e, "encoding a result");
-    ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "could not encode the result")
+    ErrorReply::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "could not encode the result",
+    )
 }
 
 /// Whether the client asked for Arrow IPC.
@@ -74,7 +78,11 @@ fn wants_arrow(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|m| m.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(ARROW_STREAM)))
+        .any(|m| {
+            m.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(ARROW_STREAM))
+        })
 }
 
 /// The handler.
@@ -90,11 +98,24 @@ pub async fn run(
             s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
             _ => StatusCode::BAD_REQUEST,
         };
-        ErrorReply::new(status, format!("the body must be {{\"sql\": \"…\"}}: {}", rejection.body_text()))
+        ErrorReply::new(
+            status,
+            format!(
+                "the body must be {{\"sql\": \"…\"}}: {}",
+                rejection.body_text()
+            ),
+        )
     })?;
     let hash = Some(sql_sha256(&request.sql));
-    let Some(_slot) = s.query_slots.try_acquire(principal.name(), s.limits.queries_per_principal) else {
-        return Err(ErrorReply::new(StatusCode::TOO_MANY_REQUESTS, "too many concurrent queries for this principal").sql(hash));
+    let Some(_slot) = s
+        .query_slots
+        .try_acquire(principal.name(), s.limits.queries_per_principal)
+    else {
+        return Err(ErrorReply::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many concurrent queries for this principal",
+        )
+        .sql(hash));
     };
     s.metrics.api.queries_in_flight.inc();
     // `api_audit` and other admin-only tables are visible to admin principals only.
@@ -108,24 +129,40 @@ pub async fn run(
     let out = result.map_err(|e| ErrorReply::from(e).sql(hash.clone()))?;
     let rows = out.rows as u64;
     s.metrics.api.query_rows.inc_by(rows);
-    let note = AuditNote { sql_sha256: hash.clone(), rows: Some(rows), ..AuditNote::default() };
+    let note = AuditNote {
+        sql_sha256: hash.clone(),
+        rows: Some(rows),
+        ..AuditNote::default()
+    };
     let mut resp = if wants_arrow(&headers) {
         let body = ipc_stream(&out.schema, &out.batches).map_err(|e| e.sql(hash.clone()))?;
         ([(header::CONTENT_TYPE, ARROW_STREAM)], body).into_response()
     } else {
         let array = json_array(&out.batches).map_err(|e| e.sql(hash.clone()))?;
-        let columns: Vec<serde_json::Value> =
-            out.schema.fields().iter().map(|f| serde_json::json!({ "name": f.name(), "type": f.data_type().to_string() })).collect();
+        let columns: Vec<serde_json::Value> = out
+            .schema
+            .fields()
+            .iter()
+            .map(|f| serde_json::json!({ "name": f.name(), "type": f.data_type().to_string() }))
+            .collect();
         let mut body = Vec::with_capacity(array.len() + 256);
         body.extend_from_slice(b"{\"columns\":");
-        body.extend_from_slice(&serde_json::to_vec(&columns).map_err(|_| ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding"))?);
+        body.extend_from_slice(
+            &serde_json::to_vec(&columns)
+                .map_err(|_| ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding"))?,
+        );
         body.extend_from_slice(b",\"rows\":");
         body.extend_from_slice(&array);
-        body.extend_from_slice(format!(",\"row_count\":{rows},\"truncated\":{}}}", out.truncated).as_bytes());
+        body.extend_from_slice(
+            format!(",\"row_count\":{rows},\"truncated\":{}}}", out.truncated).as_bytes(),
+        );
         ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     };
     let h = resp.headers_mut();
-    h.insert(TRUNCATED_HEADER, HeaderValue::from_static(if out.truncated { "true" } else { "false" }));
+    h.insert(
+        TRUNCATED_HEADER,
+        HeaderValue::from_static(if out.truncated { "true" } else { "false" }),
+    );
     h.insert(ROWS_HEADER, HeaderValue::from(rows));
     resp.extensions_mut().insert(note);
     Ok(resp)
@@ -142,7 +179,11 @@ mod tests {
 
     fn batch() -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("pod", DataType::Utf8, true),
             Field::new("n", DataType::Int64, false),
         ]));
@@ -159,8 +200,12 @@ mod tests {
 
     #[test]
     fn json_rows_keep_nulls_and_nanoseconds() {
-        let v: serde_json::Value = serde_json::from_slice(&json_array(&[batch()]).expect("json")).expect("valid json");
-        assert_eq!(v, serde_json::json!([{ "ts": "1970-01-01T00:00:01.000000001+00:00", "pod": null, "n": 7 }]));
+        let v: serde_json::Value =
+            serde_json::from_slice(&json_array(&[batch()]).expect("json")).expect("valid json");
+        assert_eq!(
+            v,
+            serde_json::json!([{ "ts": "1970-01-01T00:00:01.000000001+00:00", "pod": null, "n": 7 }])
+        );
         assert_eq!(json_array(&[]).expect("json"), b"[]");
     }
 
@@ -168,7 +213,8 @@ mod tests {
     fn ipc_stream_round_trips() {
         let b = batch();
         let bytes = ipc_stream(&b.schema(), &[b.clone(), b.clone()]).expect("ipc");
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).expect("reader");
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .expect("reader");
         let read: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("batches");
         assert_eq!(read, vec![b.clone(), b]);
     }
@@ -177,9 +223,15 @@ mod tests {
     fn accept_negotiation() {
         let mut h = HeaderMap::new();
         assert!(!wants_arrow(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json, application/vnd.apache.arrow.stream;q=0.9"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, application/vnd.apache.arrow.stream;q=0.9"),
+        );
         assert!(wants_arrow(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.apache.arrow.file"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.apache.arrow.file"),
+        );
         assert!(!wants_arrow(&h));
     }
 }

@@ -15,7 +15,10 @@ pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
 /// The temporary name beside `path` (`dir/.name.<random>.tmp`).
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let nonce: u32 = rand::random();
     path.with_file_name(format!(".{name}.{nonce:08x}{TEMP_SUFFIX}"))
 }
@@ -88,7 +91,9 @@ pub(crate) fn walk_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// Removes empty directories below `root` (not `root` itself); best effort.
 pub(crate) fn remove_empty_dirs(root: &Path) {
     fn visit(dir: &Path) -> bool {
-        let Ok(entries) = fs::read_dir(dir) else { return false };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return false;
+        };
         let mut empty = true;
         for entry in entries.flatten() {
             let p = entry.path();
@@ -118,10 +123,14 @@ mod tests {
         write_atomic(&p, b"one").expect("write");
         write_atomic(&p, b"two").expect("write");
         assert_eq!(fs::read(&p).expect("read"), b"two");
-        let names: Vec<String> =
-            fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, ["m.json"]);
-        assert!(is_temp_name(&temp_path(&p).file_name().expect("name").to_string_lossy()));
+        assert!(is_temp_name(
+            &temp_path(&p).file_name().expect("name").to_string_lossy()
+        ));
         assert!(!is_temp_name("part-1.parquet"));
     }
 }

@@ -56,7 +56,11 @@ pub(crate) struct Manifest {
 
 impl Manifest {
     /// An empty manifest for a new table.
-    pub(crate) fn new(table: &str, schema: &SchemaRef, admin_only: bool) -> Result<Manifest, String> {
+    pub(crate) fn new(
+        table: &str,
+        schema: &SchemaRef,
+        admin_only: bool,
+    ) -> Result<Manifest, String> {
         Ok(Manifest {
             version: VERSION,
             table: table.to_string(),
@@ -76,9 +80,14 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("reading {}: {e}", path.display())),
         };
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| format!("parsing {}: {e}", path.display()))?;
+        let m: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| format!("parsing {}: {e}", path.display()))?;
         if m.version != VERSION {
-            return Err(format!("{}: unsupported manifest version {}", path.display(), m.version));
+            return Err(format!(
+                "{}: unsupported manifest version {}",
+                path.display(),
+                m.version
+            ));
         }
         Ok(Some(m))
     }
@@ -86,7 +95,8 @@ impl Manifest {
     /// Replaces `dir/_manifest.json` atomically.
     pub(crate) fn store(&self, dir: &Path) -> Result<(), String> {
         let bytes = serde_json::to_vec(self).map_err(|e| format!("encoding manifest: {e}"))?;
-        super::fs::write_atomic(&dir.join(MANIFEST_FILE), &bytes).map_err(|e| format!("writing {}: {e}", dir.display()))
+        super::fs::write_atomic(&dir.join(MANIFEST_FILE), &bytes)
+            .map_err(|e| format!("writing {}: {e}", dir.display()))
     }
 
     /// The schema stored in the manifest.
@@ -110,7 +120,8 @@ fn encode_schema(schema: &SchemaRef) -> Result<String, String> {
 
 fn decode_schema(text: &str) -> Result<SchemaRef, String> {
     let bytes = hex::decode(text).map_err(|e| format!("manifest schema: {e}"))?;
-    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| format!("manifest schema: {e}"))?;
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)
+        .map_err(|e| format!("manifest schema: {e}"))?;
     Ok(reader.schema())
 }
 
@@ -123,13 +134,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let schema = gpusiem_detect::finding::schema();
         let mut m = Manifest::new("findings", &schema, false).expect("new");
-        m.files.push(FileEntry { path: "dt=2024-05-01/hour=13/part-1.parquet".into(), hour: 1, rows: 2, bytes: 3, min_ts: 4, max_ts: 5 });
+        m.files.push(FileEntry {
+            path: "dt=2024-05-01/hour=13/part-1.parquet".into(),
+            hour: 1,
+            rows: 2,
+            bytes: 3,
+            min_ts: 4,
+            max_ts: 5,
+        });
         m.wal_through = 7;
         m.store(dir.path()).expect("store");
         let back = Manifest::load(dir.path()).expect("load").expect("present");
         assert_eq!(back.files, m.files);
         assert_eq!(back.wal_through, 7);
         assert_eq!(back.schema().expect("schema"), schema);
-        assert!(Manifest::load(&dir.path().join("none")).expect("load").is_none());
+        assert!(
+            Manifest::load(&dir.path().join("none"))
+                .expect("load")
+                .is_none()
+        );
     }
 }

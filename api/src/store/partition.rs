@@ -41,7 +41,9 @@ pub(crate) struct WriteOptions {
 
 /// Whether `schema` has a usable `ts` column (timestamp, nanoseconds).
 pub(crate) fn check_ts(schema: &SchemaRef) -> Result<usize, String> {
-    let (i, f) = schema.column_with_name(TS).ok_or("the table has no ts column")?;
+    let (i, f) = schema
+        .column_with_name(TS)
+        .ok_or("the table has no ts column")?;
     match f.data_type() {
         DataType::Timestamp(TimeUnit::Nanosecond, _) => Ok(i),
         _ => Err("the ts column must be a nanosecond timestamp".into()),
@@ -62,17 +64,35 @@ pub(crate) fn hour_dir(hour_secs: i64) -> String {
 }
 
 /// Concatenates `batches`, sorts by `ts` and splits them at hour boundaries.
-pub(crate) fn split_by_hour(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
+pub(crate) fn split_by_hour(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
     let ts_idx = check_ts(schema).map_err(ArrowError::SchemaError)?;
     let all = concat_batches(schema, batches)?;
     if all.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let order = sort_to_indices(all.column(ts_idx), Some(SortOptions { descending: false, nulls_first: true }), None)?;
+    let order = sort_to_indices(
+        all.column(ts_idx),
+        Some(SortOptions {
+            descending: false,
+            nulls_first: true,
+        }),
+        None,
+    )?;
     let sorted = take_record_batch(&all, &order)?;
     drop(all);
-    let ts = sorted.column(ts_idx).as_primitive::<TimestampNanosecondType>();
-    let hour_at = |i: usize| if ts.is_null(i) { 0 } else { hour_of(ts.value(i)) };
+    let ts = sorted
+        .column(ts_idx)
+        .as_primitive::<TimestampNanosecondType>();
+    let hour_at = |i: usize| {
+        if ts.is_null(i) {
+            0
+        } else {
+            hour_of(ts.value(i))
+        }
+    };
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=sorted.num_rows() {
@@ -84,7 +104,12 @@ pub(crate) fn split_by_hour(schema: &SchemaRef, batches: &[RecordBatch]) -> Resu
     Ok(out)
 }
 
-fn properties(schema: &SchemaRef, table: &str, wal_through: u64, opts: &WriteOptions) -> Result<WriterProperties, String> {
+fn properties(
+    schema: &SchemaRef,
+    table: &str,
+    wal_through: u64,
+    opts: &WriteOptions,
+) -> Result<WriterProperties, String> {
     let ts_idx = check_ts(schema)?;
     let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| e.to_string())?;
     let mut b = WriterProperties::builder()
@@ -101,7 +126,10 @@ fn properties(schema: &SchemaRef, table: &str, wal_through: u64, opts: &WriteOpt
             KeyValue::new("gpusiem.wal_through".to_string(), wal_through.to_string()),
         ]));
     for c in BLOOM_COLUMNS {
-        if schema.column_with_name(c).is_some_and(|(_, f)| f.data_type() == &DataType::Utf8) {
+        if schema
+            .column_with_name(c)
+            .is_some_and(|(_, f)| f.data_type() == &DataType::Utf8)
+        {
             b = b.set_column_bloom_filter_enabled(ColumnPath::from(c), true);
         }
     }
@@ -127,8 +155,13 @@ pub(crate) fn write_file(
     let props = properties(&schema, table, wal_through, opts)?;
     let tmp = temp_path(&path);
     let written = (|| -> Result<u64, String> {
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| e.to_string())?;
-        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| e.to_string())?;
+        let mut w =
+            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| e.to_string())?;
         w.write(batch).map_err(|e| e.to_string())?;
         // finish() writes the footer and flushes the buffer down to the file.
         w.finish().map_err(|e| e.to_string())?;
@@ -145,12 +178,21 @@ pub(crate) fn write_file(
             return Err(format!("writing {}: {e}", path.display()));
         }
     };
-    let ts = batch.column(ts_idx).as_primitive::<TimestampNanosecondType>();
+    let ts = batch
+        .column(ts_idx)
+        .as_primitive::<TimestampNanosecondType>();
     let (min_ts, max_ts) = match (arrow::compute::min(ts), arrow::compute::max(ts)) {
         (Some(a), Some(b)) => (a, b),
         _ => (hour * 1_000_000_000, hour * 1_000_000_000),
     };
-    Ok(FileEntry { path: rel_path.to_string(), hour, rows: batch.num_rows() as u64, bytes, min_ts, max_ts })
+    Ok(FileEntry {
+        path: rel_path.to_string(),
+        hour,
+        rows: batch.num_rows() as u64,
+        bytes,
+        min_ts,
+        max_ts,
+    })
 }
 
 /// Reads a whole Parquet file.
@@ -159,15 +201,21 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<RecordBatch>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.with_batch_size(64 * 1024).build())
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("reading {}: {e}", path.display()))
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("reading {}: {e}", path.display()))
 }
 
 /// Describes an existing file from its footer (rebuilding a lost manifest).
-pub(crate) fn describe_file(table_dir: &Path, rel_path: &str) -> Result<(FileEntry, u64, SchemaRef), String> {
+pub(crate) fn describe_file(
+    table_dir: &Path,
+    rel_path: &str,
+) -> Result<(FileEntry, u64, SchemaRef), String> {
     let path = table_dir.join(rel_path);
     let file = File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let bytes = file.metadata().map_err(|e| e.to_string())?.len();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
     let schema = builder.schema().clone();
     let meta = builder.metadata().file_metadata();
     let wal_through = meta
@@ -195,6 +243,13 @@ pub(crate) fn describe_file(table_dir: &Path, rel_path: &str) -> Result<(FileEnt
     if min_ts > max_ts {
         (min_ts, max_ts) = (0, 0);
     }
-    let entry = FileEntry { path: rel_path.to_string(), hour: hour_of(min_ts), rows, bytes, min_ts, max_ts };
+    let entry = FileEntry {
+        path: rel_path.to_string(),
+        hour: hour_of(min_ts),
+        rows,
+        bytes,
+        min_ts,
+        max_ts,
+    };
     Ok((entry, wal_through, schema))
 }

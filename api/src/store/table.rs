@@ -122,13 +122,17 @@ pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
     for f in schema.fields() {
         match batch.column_by_name(f.name()) {
             Some(c) if c.data_type() == f.data_type() => cols.push(c.clone()),
-            Some(c) => cols.push(arrow::compute::cast(c, f.data_type()).map_err(|e| format!("column {}: {e}", f.name()))?),
+            Some(c) => cols.push(
+                arrow::compute::cast(c, f.data_type())
+                    .map_err(|e| format!("column {}: {e}", f.name()))?,
+            ),
             None if f.is_nullable() => cols.push(new_null_array(f.data_type(), batch.num_rows())),
             None => return Err(format!("column {} is missing", f.name())),
         }
     }
     let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    let b = RecordBatch::try_new_with_options(schema.clone(), cols, &opts).map_err(|e| e.to_string())?;
+    let b = RecordBatch::try_new_with_options(schema.clone(), cols, &opts)
+        .map_err(|e| e.to_string())?;
     concat_batches(schema, [&b]).map_err(|e| e.to_string())
 }
 
@@ -151,7 +155,8 @@ impl Table {
         let wal_dir = root.join("wal").join(name);
         let mut rec = Recovery::default();
         if mode == Mode::Write {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
         let mut manifest = match Manifest::load(&dir)? {
             Some(m) => m,
@@ -183,15 +188,27 @@ impl Table {
             }
             Mode::ReadOnly => replay_read_only(&dir, &wal_dir, manifest, &schema, &mut rec)?,
         };
-        let writer = match mode {
-            Mode::Write => {
-                let last = list_segments(&wal_dir).map_err(|e| e.to_string())?.last().map_or(0, |(s, _)| *s);
-                let seq = last.max(manifest.wal_through) + 1;
-                Some(WalWriter::create(&wal_dir, seq).map_err(|e| format!("creating WAL segment in {}: {e}", wal_dir.display()))?)
-            }
-            Mode::ReadOnly => None,
+        let writer =
+            match mode {
+                Mode::Write => {
+                    let last = list_segments(&wal_dir)
+                        .map_err(|e| e.to_string())?
+                        .last()
+                        .map_or(0, |(s, _)| *s);
+                    let seq = last.max(manifest.wal_through) + 1;
+                    Some(WalWriter::create(&wal_dir, seq).map_err(|e| {
+                        format!("creating WAL segment in {}: {e}", wal_dir.display())
+                    })?)
+                }
+                Mode::ReadOnly => None,
+            };
+        let mut state = State {
+            schema,
+            manifest,
+            tail,
+            tail_rows: 0,
+            tail_bytes: 0,
         };
-        let mut state = State { schema, manifest, tail, tail_rows: 0, tail_bytes: 0 };
         state.recount();
         Ok((
             Table {
@@ -254,7 +271,12 @@ impl Table {
         let st = read(&self.state);
         TableSnapshot {
             schema: st.schema.clone(),
-            files: st.manifest.files.iter().map(|f| (self.dir.join(&f.path), f.clone())).collect(),
+            files: st
+                .manifest
+                .files
+                .iter()
+                .map(|f| (self.dir.join(&f.path), f.clone()))
+                .collect(),
             tail: st.tail.iter().map(|t| t.batch.clone()).collect(),
         }
     }
@@ -278,9 +300,18 @@ impl Table {
             drop(st);
             // Appends go to a fresh segment from here on, so the closed ones hold exactly the
             // rows this flush writes.
-            let through = if w.is_empty() { w.seq() - 1 } else { w.rotate().map_err(|e| format!("WAL rotation: {e}"))? };
+            let through = if w.is_empty() {
+                w.seq() - 1
+            } else {
+                w.rotate().map_err(|e| format!("WAL rotation: {e}"))?
+            };
             let st = read(&self.state);
-            let batches: Vec<RecordBatch> = st.tail.iter().filter(|t| t.seq <= through).map(|t| t.batch.clone()).collect();
+            let batches: Vec<RecordBatch> = st
+                .tail
+                .iter()
+                .filter(|t| t.seq <= through)
+                .map(|t| t.batch.clone())
+                .collect();
             (through, batches, st.schema.clone())
         };
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
@@ -289,7 +320,12 @@ impl Table {
         drop(batches);
         let mut written: Vec<FileEntry> = Vec::new();
         for (hour, batch) in hours {
-            let rel = format!("{}/part-{:08}-{:08x}.parquet", hour_dir(hour), manifest.next_file, rand::random::<u32>());
+            let rel = format!(
+                "{}/part-{:08}-{:08x}.parquet",
+                hour_dir(hour),
+                manifest.next_file,
+                rand::random::<u32>()
+            );
             manifest.next_file += 1;
             match partition::write_file(&self.dir, &rel, hour, &batch, &self.name, through, opts) {
                 Ok(e) => written.push(e),
@@ -371,9 +407,22 @@ impl Table {
             drop(batches);
             let mut new_entries = Vec::new();
             for (h, batch) in parts {
-                let rel = format!("{}/part-{:08}-{:08x}.parquet", hour_dir(h), current.next_file, rand::random::<u32>());
+                let rel = format!(
+                    "{}/part-{:08}-{:08x}.parquet",
+                    hour_dir(h),
+                    current.next_file,
+                    rand::random::<u32>()
+                );
                 current.next_file += 1;
-                new_entries.push(partition::write_file(&self.dir, &rel, h, &batch, &self.name, current.wal_through, opts)?);
+                new_entries.push(partition::write_file(
+                    &self.dir,
+                    &rel,
+                    h,
+                    &batch,
+                    &self.name,
+                    current.wal_through,
+                    opts,
+                )?);
             }
             let gone: HashSet<&str> = inputs.iter().map(|f| f.path.as_str()).collect();
             current.files.retain(|f| !gone.contains(f.path.as_str()));
@@ -410,7 +459,8 @@ impl Table {
             return Ok(Vec::new());
         }
         let mut m = read(&self.state).manifest.clone();
-        let (gone, keep): (Vec<FileEntry>, Vec<FileEntry>) = m.files.into_iter().partition(|f| hours.contains(&f.hour));
+        let (gone, keep): (Vec<FileEntry>, Vec<FileEntry>) =
+            m.files.into_iter().partition(|f| hours.contains(&f.hour));
         if gone.is_empty() {
             return Ok(Vec::new());
         }
@@ -426,24 +476,38 @@ impl Table {
     }
 }
 
-fn rebuild_manifest(dir: &Path, name: &str, schema: Option<&SchemaRef>, admin_only: bool) -> Result<Manifest, String> {
+fn rebuild_manifest(
+    dir: &Path,
+    name: &str,
+    schema: Option<&SchemaRef>,
+    admin_only: bool,
+) -> Result<Manifest, String> {
     let files: Vec<PathBuf> = walk_files(dir)
         .map_err(|e| format!("listing {}: {e}", dir.display()))?
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet") && !p.file_name().is_some_and(|n| is_temp_name(&n.to_string_lossy())))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "parquet")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| is_temp_name(&n.to_string_lossy()))
+        })
         .collect();
     let mut entries = Vec::new();
     let mut wal_through = 0;
     let mut found_schema = None;
     for p in &files {
-        let Some(rel) = rel_path(dir, p) else { continue };
+        let Some(rel) = rel_path(dir, p) else {
+            continue;
+        };
         match partition::describe_file(dir, &rel) {
             Ok((e, through, s)) => {
                 wal_through = wal_through.max(through);
                 found_schema.get_or_insert(s);
                 entries.push(e);
             }
-            Err(e) => tracing::warn!(table = name, error = %e, "skipping an unreadable Parquet file while rebuilding the manifest"),
+            Err(e) => {
+                tracing::warn!(table = name, error = %e, "skipping an unreadable Parquet file while rebuilding the manifest")
+            }
         }
     }
     let schema = match (schema, found_schema) {
@@ -452,7 +516,11 @@ fn rebuild_manifest(dir: &Path, name: &str, schema: Option<&SchemaRef>, admin_on
         (None, None) => return Err(format!("table {name} has no manifest and no schema")),
     };
     if !entries.is_empty() {
-        tracing::warn!(table = name, files = entries.len(), "manifest missing; rebuilt from the Parquet files");
+        tracing::warn!(
+            table = name,
+            files = entries.len(),
+            "manifest missing; rebuilt from the Parquet files"
+        );
     }
     let mut m = Manifest::new(name, &schema, admin_only)?;
     m.next_file = entries.len() as u64 + 1;
@@ -464,11 +532,16 @@ fn rebuild_manifest(dir: &Path, name: &str, schema: Option<&SchemaRef>, admin_on
 fn clean_table_dir(dir: &Path, manifest: &Manifest, rec: &mut Recovery) -> Result<(), String> {
     let listed: HashSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     for p in walk_files(dir).map_err(|e| format!("listing {}: {e}", dir.display()))? {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if is_temp_name(&name) {
             remove_if_exists(&p).map_err(|e| format!("removing {}: {e}", p.display()))?;
             rec.temp_removed += 1;
-        } else if name.ends_with(".parquet") && rel_path(dir, &p).is_some_and(|r| !listed.contains(r.as_str())) {
+        } else if name.ends_with(".parquet")
+            && rel_path(dir, &p).is_some_and(|r| !listed.contains(r.as_str()))
+        {
             // Written but never committed: its rows are still in the WAL.
             remove_if_exists(&p).map_err(|e| format!("removing {}: {e}", p.display()))?;
             rec.orphans_removed += 1;
@@ -478,9 +551,17 @@ fn clean_table_dir(dir: &Path, manifest: &Manifest, rec: &mut Recovery) -> Resul
     Ok(())
 }
 
-fn replay(wal_dir: &Path, manifest: &Manifest, schema: &SchemaRef, delete_covered: bool, rec: &mut Recovery) -> Result<Vec<TailBatch>, String> {
+fn replay(
+    wal_dir: &Path,
+    manifest: &Manifest,
+    schema: &SchemaRef,
+    delete_covered: bool,
+    rec: &mut Recovery,
+) -> Result<Vec<TailBatch>, String> {
     let mut tail = Vec::new();
-    for (seq, path) in list_segments(wal_dir).map_err(|e| format!("listing {}: {e}", wal_dir.display()))? {
+    for (seq, path) in
+        list_segments(wal_dir).map_err(|e| format!("listing {}: {e}", wal_dir.display()))?
+    {
         if seq <= manifest.wal_through {
             if delete_covered {
                 remove_if_exists(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
@@ -496,7 +577,14 @@ fn replay(wal_dir: &Path, manifest: &Manifest, schema: &SchemaRef, delete_covere
     Ok(tail)
 }
 
-fn push_segment(seq: u64, r: wal::SegmentRead, schema: &SchemaRef, tail: &mut Vec<TailBatch>, rec: &mut Recovery, path: &Path) -> Result<(), String> {
+fn push_segment(
+    seq: u64,
+    r: wal::SegmentRead,
+    schema: &SchemaRef,
+    tail: &mut Vec<TailBatch>,
+    rec: &mut Recovery,
+    path: &Path,
+) -> Result<(), String> {
     rec.replayed_segments += 1;
     if let Some(d) = r.damage {
         rec.damaged_segments += 1;
@@ -507,19 +595,31 @@ fn push_segment(seq: u64, r: wal::SegmentRead, schema: &SchemaRef, tail: &mut Ve
         let b = conform(&b, schema)?;
         rec.replayed_rows += b.num_rows() as u64;
         let bytes = b.get_array_memory_size();
-        tail.push(TailBatch { seq, batch: b, bytes });
+        tail.push(TailBatch {
+            seq,
+            batch: b,
+            bytes,
+        });
     }
     Ok(())
 }
 
 /// Read-only replay while a writer may be flushing: a segment listed but gone when read was
 /// flushed meanwhile, so the manifest is read again.
-fn replay_read_only(dir: &Path, wal_dir: &Path, mut manifest: Manifest, schema: &SchemaRef, rec: &mut Recovery) -> Result<(Manifest, Vec<TailBatch>), String> {
+fn replay_read_only(
+    dir: &Path,
+    wal_dir: &Path,
+    mut manifest: Manifest,
+    schema: &SchemaRef,
+    rec: &mut Recovery,
+) -> Result<(Manifest, Vec<TailBatch>), String> {
     for _ in 0..5 {
         let mut tail = Vec::new();
         let mut r = Recovery::default();
         let mut raced = false;
-        for (seq, path) in list_segments(wal_dir).map_err(|e| format!("listing {}: {e}", wal_dir.display()))? {
+        for (seq, path) in
+            list_segments(wal_dir).map_err(|e| format!("listing {}: {e}", wal_dir.display()))?
+        {
             if seq <= manifest.wal_through {
                 continue;
             }
@@ -533,7 +633,13 @@ fn replay_read_only(dir: &Path, wal_dir: &Path, mut manifest: Manifest, schema: 
             }
         }
         if !raced {
-            *rec = Recovery { replayed_rows: r.replayed_rows, replayed_segments: r.replayed_segments, wal_skipped_bytes: r.wal_skipped_bytes, damaged_segments: r.damaged_segments, ..rec.clone() };
+            *rec = Recovery {
+                replayed_rows: r.replayed_rows,
+                replayed_segments: r.replayed_segments,
+                wal_skipped_bytes: r.wal_skipped_bytes,
+                damaged_segments: r.damaged_segments,
+                ..rec.clone()
+            };
             return Ok((manifest, tail));
         }
         if let Some(m) = Manifest::load(dir)? {
@@ -556,6 +662,8 @@ fn delete_segments_through(wal_dir: &Path, through: u64) {
             }
             let _ = sync_dir(wal_dir);
         }
-        Err(e) => tracing::warn!(dir = %wal_dir.display(), error = %e, "could not list WAL segments"),
+        Err(e) => {
+            tracing::warn!(dir = %wal_dir.display(), error = %e, "could not list WAL segments")
+        }
     }
 }

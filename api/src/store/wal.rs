@@ -49,7 +49,10 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(seq) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(seq) = name
+            .strip_suffix(".wal")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             out.push((seq, entry.path()));
         }
     }
@@ -90,11 +93,21 @@ impl WalWriter {
     pub(crate) fn create(dir: &Path, seq: u64) -> io::Result<WalWriter> {
         fs::create_dir_all(dir)?;
         let path = segment_path(dir, seq);
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         file.write_all(MAGIC)?;
         file.sync_all()?;
         sync_dir(dir)?;
-        Ok(WalWriter { dir: dir.to_path_buf(), seq, file, len: MAGIC.len() as u64, frames: 0, poisoned: false })
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            seq,
+            file,
+            len: MAGIC.len() as u64,
+            frames: 0,
+            poisoned: false,
+        })
     }
 
     /// Sequence number of the open segment.
@@ -110,17 +123,24 @@ impl WalWriter {
     /// Appends one frame and fdatasyncs it; durable when this returns `Ok`.
     pub(crate) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
         if payload.is_empty() || payload.len() > MAX_FRAME_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "WAL frame is empty or too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "WAL frame is empty or too large",
+            ));
         }
         if self.poisoned {
             self.rotate()?;
         }
-        let len = u32::try_from(payload.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+        let len = u32::try_from(payload.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
         let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
         frame.extend_from_slice(payload);
-        let written = self.file.write_all(&frame).and_then(|()| self.file.sync_data());
+        let written = self
+            .file
+            .write_all(&frame)
+            .and_then(|()| self.file.sync_data());
         match written {
             Ok(()) => {
                 self.len += frame.len() as u64;
@@ -130,7 +150,12 @@ impl WalWriter {
             Err(e) => {
                 // A partial frame would end this segment for recovery; cut it off, or if even
                 // that fails, never write behind it again.
-                if self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err() {
+                if self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data())
+                    .is_err()
+                {
                     self.poisoned = true;
                 }
                 Err(e)
@@ -230,10 +255,16 @@ mod tests {
     use super::*;
 
     fn batch(n: i64) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
         RecordBatch::try_new(
             schema,
-            vec![Arc::new(Int64Array::from(vec![n, n + 1])), Arc::new(StringArray::from(vec![Some("x"), None]))],
+            vec![
+                Arc::new(Int64Array::from(vec![n, n + 1])),
+                Arc::new(StringArray::from(vec![Some("x"), None])),
+            ],
         )
         .expect("batch")
     }
@@ -242,7 +273,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = WalWriter::create(dir.path(), 1).expect("create");
         for n in frames {
-            w.append(&encode(&batch(*n)).expect("encode")).expect("append");
+            w.append(&encode(&batch(*n)).expect("encode"))
+                .expect("append");
         }
         let p = segment_path(dir.path(), 1);
         (dir, p)
@@ -266,7 +298,15 @@ mod tests {
             let r = parse_segment(&bytes[..cut]);
             let complete = cut.saturating_sub(MAGIC.len()) / one;
             assert_eq!(r.frames as usize, complete.min(3), "cut at {cut}");
-            assert_eq!(r.skipped_bytes as usize, if cut < MAGIC.len() { cut } else { cut - MAGIC.len() - complete * one }, "cut at {cut}");
+            assert_eq!(
+                r.skipped_bytes as usize,
+                if cut < MAGIC.len() {
+                    cut
+                } else {
+                    cut - MAGIC.len() - complete * one
+                },
+                "cut at {cut}"
+            );
         }
     }
 
@@ -297,11 +337,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = WalWriter::create(dir.path(), 9).expect("create");
         assert!(w.is_empty());
-        w.append(&encode(&batch(1)).expect("encode")).expect("append");
+        w.append(&encode(&batch(1)).expect("encode"))
+            .expect("append");
         assert_eq!(w.rotate().expect("rotate"), 9);
         assert_eq!(w.seq(), 10);
-        let listed: Vec<u64> = list_segments(dir.path()).expect("ls").into_iter().map(|(s, _)| s).collect();
+        let listed: Vec<u64> = list_segments(dir.path())
+            .expect("ls")
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(listed, [9, 10]);
-        assert!(list_segments(&dir.path().join("missing")).expect("ls").is_empty());
+        assert!(
+            list_segments(&dir.path().join("missing"))
+                .expect("ls")
+                .is_empty()
+        );
     }
 }

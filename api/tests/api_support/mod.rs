@@ -63,7 +63,13 @@ pub struct Harness {
     pub silence_id: String,
 }
 
-fn token(dir: &Path, name: &str, value: &str, scopes: &[Scope], namespaces: Option<&[&str]>) -> TokenConfig {
+fn token(
+    dir: &Path,
+    name: &str,
+    value: &str,
+    scopes: &[Scope],
+    namespaces: Option<&[&str]>,
+) -> TokenConfig {
     let path = dir.join(format!("{name}.token"));
     std::fs::write(&path, format!("{value}\n")).unwrap();
     TokenConfig {
@@ -79,7 +85,13 @@ pub fn auth_config(dir: &Path) -> AuthConfig {
     AuthConfig {
         tokens: vec![
             token(dir, "root", ADMIN, &Scope::ALL, None),
-            token(dir, "shop-analyst", SHOP, &[Scope::Read, Scope::Query], Some(&["shop"])),
+            token(
+                dir,
+                "shop-analyst",
+                SHOP,
+                &[Scope::Read, Scope::Query],
+                Some(&["shop"]),
+            ),
             token(dir, "analyst", ANALYST, &[Scope::Read, Scope::Query], None),
             token(dir, "reader", READER, &[Scope::Read], None),
             token(dir, "falco", INGEST, &[Scope::Ingest], None),
@@ -97,7 +109,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { tokens: true, limits: ApiLimits::default(), query: QueryConfig::default(), seed: true }
+        Options {
+            tokens: true,
+            limits: ApiLimits::default(),
+            query: QueryConfig::default(),
+            seed: true,
+        }
     }
 }
 
@@ -115,14 +132,29 @@ pub async fn harness_with(o: Options) -> Harness {
     let metrics = Arc::new(metrics);
     let audit = AuditLog::open(store.clone()).unwrap();
     let engine = Arc::new(QueryEngine::new(store.clone(), o.query));
-    let auth = if o.tokens { Authenticator::load(&auth_config(dir.path())).unwrap() } else { Authenticator::open() };
+    let auth = if o.tokens {
+        Authenticator::load(&auth_config(dir.path())).unwrap()
+    } else {
+        Authenticator::open()
+    };
 
     let shutdown = CancellationToken::new();
     let (tx, rx) = mpsc::channel(16);
     let cx = SourceContext::new(tx, shutdown.clone(), metrics.ingest.clone());
-    let receivers =
-        HttpReceivers::new(cx, HttpReceiverConfig { max_body_bytes: o.limits.max_ingest_body_bytes, ..HttpReceiverConfig::default() });
-    let pipeline = Pipeline::new(Engine::new(EngineConfig::default()).unwrap(), None, Some(store.clone()), None, metrics.clone());
+    let receivers = HttpReceivers::new(
+        cx,
+        HttpReceiverConfig {
+            max_body_bytes: o.limits.max_ingest_body_bytes,
+            ..HttpReceiverConfig::default()
+        },
+    );
+    let pipeline = Pipeline::new(
+        Engine::new(EngineConfig::default()).unwrap(),
+        None,
+        Some(store.clone()),
+        None,
+        metrics.clone(),
+    );
     let pipeline = tokio::spawn(pipeline.run(rx, shutdown.clone(), Duration::from_secs(30)));
 
     let state = AppState {
@@ -136,9 +168,26 @@ pub async fn harness_with(o: Options) -> Harness {
         rate: Arc::new(RateLimiter::default()),
     };
     let silences = Arc::new(Silences::open(&data).unwrap());
-    let silence_id = silences.create(new_silence(), gpusiem_ingest::source::now_nanos()).unwrap().id;
-    let app = server::router(state.clone(), &receivers, Some(gpusiem::delivery::silences::router(silences)));
-    let mut h = Harness { dir, state, app, store, engine, shutdown, pipeline: Some(pipeline), findings: Vec::new(), silence_id };
+    let silence_id = silences
+        .create(new_silence(), gpusiem_ingest::source::now_nanos())
+        .unwrap()
+        .id;
+    let app = server::router(
+        state.clone(),
+        &receivers,
+        Some(gpusiem::delivery::silences::router(silences)),
+    );
+    let mut h = Harness {
+        dir,
+        state,
+        app,
+        store,
+        engine,
+        shutdown,
+        pipeline: Some(pipeline),
+        findings: Vec::new(),
+        silence_id,
+    };
     if o.seed {
         h.seed().await;
     }
@@ -156,17 +205,26 @@ pub fn new_silence_json() -> serde_json::Value {
 /// The path of a documented operation with its `{id}` filled: a seeded finding, or the
 /// existing silence.
 pub fn concrete_path(h: &Harness, template: &str) -> String {
-    let id = if template.starts_with("/api/v1/silences") { h.silence_id.clone() } else { h.ids_in(Some("shop"))[0].clone() };
+    let id = if template.starts_with("/api/v1/silences") {
+        h.silence_id.clone()
+    } else {
+        h.ids_in(Some("shop"))[0].clone()
+    };
     template.replace("{id}", &id)
 }
 
 /// A body that the operation accepts.
 pub fn body_for(method: &str, template: &str) -> Option<(&'static str, Vec<u8>)> {
     match (method, template) {
-        ("POST", "/api/v1/query") => Some(("application/json", br#"{"sql":"SELECT 1 AS one"}"#.to_vec())),
+        ("POST", "/api/v1/query") => {
+            Some(("application/json", br#"{"sql":"SELECT 1 AS one"}"#.to_vec()))
+        }
         ("POST", "/ingest/falco") => Some(("application/json", falco_fixture())),
         ("POST", "/ingest/k8s-audit") => Some(("application/json", audit_fixture())),
-        ("POST", "/api/v1/silences") => Some(("application/json", serde_json::to_vec(&new_silence_json()).unwrap())),
+        ("POST", "/api/v1/silences") => Some((
+            "application/json",
+            serde_json::to_vec(&new_silence_json()).unwrap(),
+        )),
         _ => None,
     }
 }
@@ -188,7 +246,11 @@ pub fn finding(
         last_ts: ts + i64::from(revision) * 1_000_000_000,
         detector: "test_detector".into(),
         severity,
-        status: if revision >= 2 { Status::Resolved } else { Status::Firing },
+        status: if revision >= 2 {
+            Status::Resolved
+        } else {
+            Status::Firing
+        },
         revision,
         summary: format!("finding {id_seed} in {}", ns.unwrap_or("no namespace")),
         cluster: Some("c1".into()),
@@ -230,19 +292,50 @@ impl Harness {
             falco_line("ev-research-1", FOREIGN_MARKER, FOREIGN_POD, 3),
         ]
         .join("\n");
-        let decoded = gpusiem_ingest::decode::decode(Stream::FalcoEvents, lines.as_bytes(), &DecodeContext::new(T0)).unwrap();
+        let decoded = gpusiem_ingest::decode::decode(
+            Stream::FalcoEvents,
+            lines.as_bytes(),
+            &DecodeContext::new(T0),
+        )
+        .unwrap();
         assert_eq!(decoded.batch.num_rows(), 3, "{:?}", decoded.quarantined);
-        self.store.append(Stream::FalcoEvents, &decoded.batch).await.unwrap();
+        self.store
+            .append(Stream::FalcoEvents, &decoded.batch)
+            .await
+            .unwrap();
 
         let mut all = Vec::new();
-        let shop_events = vec!["falco_events:ev-shop-1".to_string(), "falco:ev-shop-2".to_string()];
+        let shop_events = vec![
+            "falco_events:ev-shop-1".to_string(),
+            "falco:ev-shop-2".to_string(),
+        ];
         for rev in 0..3 {
             let sev = [Severity::Medium, Severity::High, Severity::Critical][rev as usize];
-            all.push(finding("shop-0", Some("shop"), Some(SHOP_POD), sev, T0, rev, &shop_events));
+            all.push(finding(
+                "shop-0",
+                Some("shop"),
+                Some(SHOP_POD),
+                sev,
+                T0,
+                rev,
+                &shop_events,
+            ));
         }
         for i in 1..12 {
-            let sev = if i % 2 == 0 { Severity::Low } else { Severity::High };
-            all.push(finding(&format!("shop-{i}"), Some("shop"), Some(SHOP_POD), sev, T0 + i * 60_000_000_000, 0, &[]));
+            let sev = if i % 2 == 0 {
+                Severity::Low
+            } else {
+                Severity::High
+            };
+            all.push(finding(
+                &format!("shop-{i}"),
+                Some("shop"),
+                Some(SHOP_POD),
+                sev,
+                T0 + i * 60_000_000_000,
+                0,
+                &[],
+            ));
         }
         let foreign_events = vec!["falco_events:ev-research-1".to_string()];
         for i in 0..3 {
@@ -256,18 +349,39 @@ impl Harness {
                 &foreign_events,
             ));
         }
-        all.push(finding("gpu-only", None, None, Severity::High, T0 + 5_000_000_000, 0, &[]));
+        all.push(finding(
+            "gpu-only",
+            None,
+            None,
+            Severity::High,
+            T0 + 5_000_000_000,
+            0,
+            &[],
+        ));
         self.store.append_findings(&all).await.unwrap();
-        let mut ids: Vec<(String, Option<String>)> = all.iter().map(|f| (f.id.clone(), f.namespace.clone())).collect();
+        let mut ids: Vec<(String, Option<String>)> = all
+            .iter()
+            .map(|f| (f.id.clone(), f.namespace.clone()))
+            .collect();
         ids.dedup();
         self.findings = ids;
     }
 
     pub fn ids_in(&self, ns: Option<&str>) -> Vec<String> {
-        self.findings.iter().filter(|(_, n)| n.as_deref() == ns).map(|(id, _)| id.clone()).collect()
+        self.findings
+            .iter()
+            .filter(|(_, n)| n.as_deref() == ns)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
-    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<(&str, Vec<u8>)>) -> Reply {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Reply {
         self.send_with(method, path, token, body, &[]).await
     }
 
@@ -287,19 +401,38 @@ impl Harness {
             req = req.header(*k, *v);
         }
         let req = match body {
-            Some((content_type, bytes)) => req.header(header::CONTENT_TYPE, content_type).body(Body::from(bytes)).unwrap(),
+            Some((content_type, bytes)) => req
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Body::from(bytes))
+                .unwrap(),
             None => req.body(Body::empty()).unwrap(),
         };
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-        Reply { status, headers, body }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn sql(&self, token: &str, sql: &str) -> Reply {
         let body = serde_json::to_vec(&serde_json::json!({ "sql": sql })).unwrap();
-        self.send(Method::POST, "/api/v1/query", Some(token), Some(("application/json", body))).await
+        self.send(
+            Method::POST,
+            "/api/v1/query",
+            Some(token),
+            Some(("application/json", body)),
+        )
+        .await
     }
 
     /// Rows of `api_audit`, read directly through the engine (not audited itself).
@@ -329,7 +462,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn text(&self) -> String {
@@ -338,9 +472,17 @@ impl Reply {
 }
 
 pub fn falco_fixture() -> Vec<u8> {
-    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real/falco/elastic-falco-alerts-real.jsonl")).unwrap()
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/real/falco/elastic-falco-alerts-real.jsonl"
+    ))
+    .unwrap()
 }
 
 pub fn audit_fixture() -> Vec<u8> {
-    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real/k8s-audit/falco-trace-exec_pod.jsonl")).unwrap()
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/real/k8s-audit/falco-trace-exec_pod.jsonl"
+    ))
+    .unwrap()
 }

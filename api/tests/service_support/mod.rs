@@ -41,16 +41,30 @@ where
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("first stdout line {line:?}: {e}"));
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("first stdout line {line:?}: {e}"));
     let addr = v["listening"].as_str().unwrap().to_string();
-    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
-    Service { child: Some(child), base: format!("http://{addr}") }
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    Service {
+        child: Some(child),
+        base: format!("http://{addr}"),
+    }
 }
 
 /// Starts `gpusiem run --listen 127.0.0.1:0 --config CONFIG --data DATA`.
 pub fn start_with(config: Option<&Path>, data: &Path) -> Service {
-    let mut args: Vec<&OsStr> = vec!["--listen".as_ref(), "127.0.0.1:0".as_ref(), "--data".as_ref(), data.as_os_str()];
+    let mut args: Vec<&OsStr> = vec![
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
     if let Some(c) = config {
         args.extend(["--config".as_ref(), c.as_os_str()]);
     }
@@ -62,14 +76,26 @@ impl Service {
     pub fn terminate(mut self) {
         let mut child = self.child.take().unwrap();
         let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "gpusiem run exited with {status} after SIGTERM");
+                assert!(
+                    status.success(),
+                    "gpusiem run exited with {status} after SIGTERM"
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "gpusiem run did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "gpusiem run did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -77,7 +103,14 @@ impl Service {
     /// Waits (bounded) until `/readyz` answers 200.
     pub async fn wait_ready(&self, client: &reqwest::Client) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while client.get(format!("{}/readyz", self.base)).send().await.unwrap().status() != 200 {
+        while client
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != 200
+        {
             assert!(Instant::now() < deadline, "never ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -85,7 +118,12 @@ impl Service {
 
     /// `POST /api/v1/query`; asserts 200 and returns the JSON answer.
     pub async fn query(&self, client: &reqwest::Client, sql: &str) -> serde_json::Value {
-        let r = client.post(format!("{}/api/v1/query", self.base)).json(&serde_json::json!({ "sql": sql })).send().await.unwrap();
+        let r = client
+            .post(format!("{}/api/v1/query", self.base))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();
         assert_eq!(status, 200, "{sql}: {text}");
@@ -95,5 +133,10 @@ impl Service {
 
 /// A file of `tests/fixtures/real`.
 pub fn fixture(rel: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/real").join(rel)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/real")
+            .join(rel),
+    )
+    .unwrap()
 }

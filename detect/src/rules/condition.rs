@@ -80,7 +80,12 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                     _ => Tok::Ident(word.to_string()),
                 });
             }
-            '|' => return Err("aggregation expressions (`| count()`) are deprecated; use a correlation rule".into()),
+            '|' => {
+                return Err(
+                    "aggregation expressions (`| count()`) are deprecated; use a correlation rule"
+                        .into(),
+                );
+            }
             other => return Err(format!("unexpected character `{other}` in condition")),
         }
     }
@@ -90,10 +95,17 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
 /// Parses `text` over the selection `names` (in their document order).
 pub fn parse(text: &str, names: &[String]) -> Result<Cond, String> {
     let toks = lex(text)?;
-    let mut p = Parser { toks, pos: 0, names };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        names,
+    };
     let c = p.or()?;
     if p.pos != p.toks.len() {
-        return Err(format!("unexpected `{:?}` after the end of the condition", p.toks[p.pos]));
+        return Err(format!(
+            "unexpected `{:?}` after the end of the condition",
+            p.toks[p.pos]
+        ));
     }
     Ok(c)
 }
@@ -115,7 +127,11 @@ impl Parser<'_> {
             self.pos += 1;
             v.push(self.and()?);
         }
-        Ok(if v.len() == 1 { v.remove(0) } else { Cond::Or(v) })
+        Ok(if v.len() == 1 {
+            v.remove(0)
+        } else {
+            Cond::Or(v)
+        })
     }
 
     fn and(&mut self) -> Result<Cond, String> {
@@ -124,7 +140,11 @@ impl Parser<'_> {
             self.pos += 1;
             v.push(self.not()?);
         }
-        Ok(if v.len() == 1 { v.remove(0) } else { Cond::And(v) })
+        Ok(if v.len() == 1 {
+            v.remove(0)
+        } else {
+            Cond::And(v)
+        })
     }
 
     fn not(&mut self) -> Result<Cond, String> {
@@ -153,10 +173,12 @@ impl Parser<'_> {
                 }
                 self.pos += 1;
                 let matching: Vec<usize> = match self.toks.get(self.pos).cloned() {
-                    Some(Tok::Them) => (0..self.names.len()).filter(|&i| !self.names[i].starts_with('_')).collect(),
-                    Some(Tok::Ident(pattern)) => {
-                        (0..self.names.len()).filter(|&i| glob(&pattern, &self.names[i])).collect()
-                    }
+                    Some(Tok::Them) => (0..self.names.len())
+                        .filter(|&i| !self.names[i].starts_with('_'))
+                        .collect(),
+                    Some(Tok::Ident(pattern)) => (0..self.names.len())
+                        .filter(|&i| glob(&pattern, &self.names[i]))
+                        .collect(),
                     _ => return Err("expected `them` or a selection pattern after `of`".into()),
                 };
                 self.pos += 1;
@@ -164,11 +186,19 @@ impl Parser<'_> {
                     return Err("the quantifier's pattern matches no selection".into());
                 }
                 let items = matching.into_iter().map(Cond::Sel).collect();
-                Ok(if q == Tok::All { Cond::And(items) } else { Cond::Or(items) })
+                Ok(if q == Tok::All {
+                    Cond::And(items)
+                } else {
+                    Cond::Or(items)
+                })
             }
             Some(Tok::Ident(name)) => {
                 self.pos += 1;
-                let i = self.names.iter().position(|n| *n == name).ok_or_else(|| format!("unknown selection `{name}`"))?;
+                let i = self
+                    .names
+                    .iter()
+                    .position(|n| *n == name)
+                    .ok_or_else(|| format!("unknown selection `{name}`"))?;
                 Ok(Cond::Sel(i))
             }
             Some(t) => Err(format!("unexpected `{t:?}`")),
@@ -207,7 +237,12 @@ mod tests {
 
     #[test]
     fn quantifiers() {
-        let n = names(&["selection_status", "selection_request_uri", "selection_request_user_agent", "filter"]);
+        let n = names(&[
+            "selection_status",
+            "selection_request_uri",
+            "selection_request_user_agent",
+            "filter",
+        ]);
         let c = parse("selection_status and 1 of selection_request_*", &n).expect("parse");
         assert!(eval(&c, &[true, false, true, false]));
         assert!(!eval(&c, &[true, false, false, false]));

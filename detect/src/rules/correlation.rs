@@ -95,19 +95,36 @@ impl CorrelationState {
     pub fn state_bytes(&self) -> usize {
         self.groups
             .iter()
-            .map(|(k, g)| k.len() + 96 + (g.events.len() + g.pending.len()) * (std::mem::size_of::<Ev>() + 64))
+            .map(|(k, g)| {
+                k.len() + 96 + (g.events.len() + g.pending.len()) * (std::mem::size_of::<Ev>() + 64)
+            })
             .sum()
     }
 
     /// Adds a match; pushes a raised or updated finding to `out` when the condition holds.
     #[allow(clippy::too_many_arguments)] // the window's inputs, each needed
-    pub fn on_event(&mut self, rule: &Rule, c: &Correlation, key: String, ev: Ev, watermark: i64, lateness: i64, inventory: &Inventory, out: &mut Vec<Finding>) {
+    pub fn on_event(
+        &mut self,
+        rule: &Rule,
+        c: &Correlation,
+        key: String,
+        ev: Ev,
+        watermark: i64,
+        lateness: i64,
+        inventory: &Inventory,
+        out: &mut Vec<Finding>,
+    ) {
         if ev.ts < watermark.saturating_sub(lateness) {
             self.late += 1;
             return;
         }
         if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
-            if let Some(oldest) = self.groups.iter().min_by_key(|(_, g)| g.newest).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = self
+                .groups
+                .iter()
+                .min_by_key(|(_, g)| g.newest)
+                .map(|(k, _)| k.clone())
+            {
                 self.groups.remove(&oldest);
             }
         }
@@ -116,15 +133,26 @@ impl CorrelationState {
         if c.kind == CorrelationKind::Absence {
             match ev.step {
                 0 => g.pending.push(ev),
-                _ => g.pending.retain(|p| !(p.ts <= ev.ts && ev.ts <= p.ts + c.timespan_ns)),
+                _ => g
+                    .pending
+                    .retain(|p| !(p.ts <= ev.ts && ev.ts <= p.ts + c.timespan_ns)),
             }
             return;
         }
         let step = ev.step;
         let at = g.events.partition_point(|e| e.ts <= ev.ts);
         g.events.insert(at, ev);
-        if matches!(c.kind, CorrelationKind::Temporal | CorrelationKind::TemporalOrdered) {
-            let positions: Vec<usize> = g.events.iter().enumerate().filter(|(_, e)| e.step == step).map(|(i, _)| i).collect();
+        if matches!(
+            c.kind,
+            CorrelationKind::Temporal | CorrelationKind::TemporalOrdered
+        ) {
+            let positions: Vec<usize> = g
+                .events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.step == step)
+                .map(|(i, _)| i)
+                .collect();
             if positions.len() > PER_STEP {
                 g.events.remove(positions[1]);
             }
@@ -143,26 +171,51 @@ impl CorrelationState {
 
     /// Closes windows the watermark has passed: absence rules fire, count rules with `lt`/`lte`
     /// judge, idle groups are evicted.
-    pub fn on_tick(&mut self, rule: &Rule, c: &Correlation, watermark: i64, lateness: i64, inventory: &Inventory, out: &mut Vec<Finding>) {
+    pub fn on_tick(
+        &mut self,
+        rule: &Rule,
+        c: &Correlation,
+        watermark: i64,
+        lateness: i64,
+        inventory: &Inventory,
+        out: &mut Vec<Finding>,
+    ) {
         let closed = watermark.saturating_sub(lateness);
         let mut evict = Vec::new();
         for (key, g) in &mut self.groups {
             if c.kind == CorrelationKind::Absence {
-                let (due, waiting): (Vec<Ev>, Vec<Ev>) = std::mem::take(&mut g.pending).into_iter().partition(|p| p.ts + c.timespan_ns < closed);
+                let (due, waiting): (Vec<Ev>, Vec<Ev>) = std::mem::take(&mut g.pending)
+                    .into_iter()
+                    .partition(|p| p.ts + c.timespan_ns < closed);
                 g.pending = waiting;
                 for p in due {
-                    let hit = Hit { events: vec![p], complete: true };
+                    let hit = Hit {
+                        events: vec![p],
+                        complete: true,
+                    };
                     g.episode = None;
                     emit(rule, c, key, g, hit, inventory, out);
                 }
             }
-            if let (CorrelationKind::EventCount | CorrelationKind::ValueCount, Some((op @ (CmpOp::Lt | CmpOp::Lte), n))) = (c.kind, c.threshold) {
+            if let (
+                CorrelationKind::EventCount | CorrelationKind::ValueCount,
+                Some((op @ (CmpOp::Lt | CmpOp::Lte), n)),
+            ) = (c.kind, c.threshold)
+            {
                 // "Fewer than n within the window" can only be judged once the window closed.
-                if g.newest + c.timespan_ns < closed && !g.events.is_empty() && g.episode.is_none() {
+                if g.newest + c.timespan_ns < closed && !g.events.is_empty() && g.episode.is_none()
+                {
                     let count = measure(c, &g.events.iter().collect::<Vec<_>>()) as u64;
-                    let holds = if op == CmpOp::Lt { count < n } else { count <= n };
+                    let holds = if op == CmpOp::Lt {
+                        count < n
+                    } else {
+                        count <= n
+                    };
                     if holds {
-                        let hit = Hit { events: g.events.iter().cloned().collect(), complete: true };
+                        let hit = Hit {
+                            events: g.events.iter().cloned().collect(),
+                            complete: true,
+                        };
                         emit(rule, c, key, g, hit, inventory, out);
                     }
                 }
@@ -193,8 +246,15 @@ fn evaluate(c: &Correlation, events: &VecDeque<Ev>) -> Option<Hit> {
             }
             let all: Vec<&Ev> = events.iter().collect();
             let count = measure(c, &all) as u64;
-            let holds = if op == CmpOp::Gt { count > n } else { count >= n };
-            holds.then(|| Hit { events: events.iter().cloned().collect(), complete: true })
+            let holds = if op == CmpOp::Gt {
+                count > n
+            } else {
+                count >= n
+            };
+            holds.then(|| Hit {
+                events: events.iter().cloned().collect(),
+                complete: true,
+            })
         }
         CorrelationKind::Temporal => {
             let steps = c.rules.len();
@@ -204,13 +264,19 @@ fn evaluate(c: &Correlation, events: &VecDeque<Ev>) -> Option<Hit> {
             }
             let present = seen.iter().filter(|s| **s).count();
             let need = c.min_rules.unwrap_or(steps).min(steps);
-            (present >= need).then(|| Hit { events: events.iter().cloned().collect(), complete: present == steps })
+            (present >= need).then(|| Hit {
+                events: events.iter().cloned().collect(),
+                complete: present == steps,
+            })
         }
         CorrelationKind::TemporalOrdered => {
             let chain = longest_ordered_chain(events, c.timespan_ns);
             let steps = c.rules.len();
             let need = c.min_rules.unwrap_or(steps).min(steps);
-            (chain.len() >= need).then(|| Hit { complete: chain.len() == steps, events: chain })
+            (chain.len() >= need).then(|| Hit {
+                complete: chain.len() == steps,
+                events: chain,
+            })
         }
         CorrelationKind::Absence => None,
     }
@@ -239,14 +305,20 @@ fn longest_ordered_chain(events: &VecDeque<Ev>, span: i64) -> Vec<Ev> {
         start[i] = i;
         for j in 0..i {
             let (a, b) = (&events[j], &events[i]);
-            if a.step < b.step && a.ts <= b.ts && b.ts - events[start[j]].ts <= span && len[j] + 1 > len[i] {
+            if a.step < b.step
+                && a.ts <= b.ts
+                && b.ts - events[start[j]].ts <= span
+                && len[j] + 1 > len[i]
+            {
                 len[i] = len[j] + 1;
                 prev[i] = j;
                 start[i] = start[j];
             }
         }
     }
-    let Some(end) = (0..n).max_by_key(|&i| (len[i], std::cmp::Reverse(i))) else { return Vec::new() };
+    let Some(end) = (0..n).max_by_key(|&i| (len[i], std::cmp::Reverse(i))) else {
+        return Vec::new();
+    };
     let mut chain = Vec::with_capacity(len[end]);
     let mut i = end;
     loop {
@@ -260,8 +332,18 @@ fn longest_ordered_chain(events: &VecDeque<Ev>, span: i64) -> Vec<Ev> {
     chain
 }
 
-fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, inventory: &Inventory, out: &mut Vec<Finding>) {
-    let Some(first) = hit.events.first() else { return };
+fn emit(
+    rule: &Rule,
+    c: &Correlation,
+    key: &str,
+    g: &mut Group,
+    hit: Hit,
+    inventory: &Inventory,
+    out: &mut Vec<Finding>,
+) {
+    let Some(first) = hit.events.first() else {
+        return;
+    };
     let last = hit.events.last().unwrap_or(first).clone();
     let severity = match (hit.complete, c.full_chain_level) {
         (true, Some(full)) => full,
@@ -271,10 +353,19 @@ fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, invent
     let episode = match g.episode.take() {
         Some(e) if last.ts <= e.last_ts + c.timespan_ns => {
             if hit.events.len() <= e.contributed && severity <= e.severity {
-                g.episode = Some(Episode { last_ts: e.last_ts.max(last.ts), ..e });
+                g.episode = Some(Episode {
+                    last_ts: e.last_ts.max(last.ts),
+                    ..e
+                });
                 return;
             }
-            Episode { last_ts: e.last_ts.max(last.ts), revision: e.revision + 1, severity: severity.max(e.severity), contributed: hit.events.len().max(e.contributed), ..e }
+            Episode {
+                last_ts: e.last_ts.max(last.ts),
+                revision: e.revision + 1,
+                severity: severity.max(e.severity),
+                contributed: hit.events.len().max(e.contributed),
+                ..e
+            }
         }
         _ => Episode {
             id: finding_id(&rule.name, key, first.ts),
@@ -293,7 +384,11 @@ fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, invent
     let mut event_ids: Vec<String> = hit.events.iter().map(|e| e.event_id.clone()).collect();
     event_ids.dedup();
     let entity = &last.entity;
-    let (role, role_reason) = inventory.role_of(inventory.lookup(entity.pod_uid.as_deref(), entity.namespace.as_deref(), entity.pod.as_deref()));
+    let (role, role_reason) = inventory.role_of(inventory.lookup(
+        entity.pod_uid.as_deref(),
+        entity.namespace.as_deref(),
+        entity.pod.as_deref(),
+    ));
     let where_ = match (&entity.namespace, &entity.pod) {
         (Some(ns), Some(pod)) => format!(" on pod {ns}/{pod}"),
         (Some(ns), None) => format!(" in namespace {ns}"),
@@ -320,14 +415,24 @@ fn emit(rule: &Rule, c: &Correlation, key: &str, g: &mut Group, hit: Hit, invent
         severity: episode.severity,
         status: Status::Firing,
         revision: episode.revision,
-        summary: format!("{}{} ({} of {} steps)", rule.title, where_, distinct_steps, c.rules.len()),
+        summary: format!(
+            "{}{} ({} of {} steps)",
+            rule.title,
+            where_,
+            distinct_steps,
+            c.rules.len()
+        ),
         cluster: entity.cluster.clone(),
         namespace: entity.namespace.clone(),
         pod: entity.pod.clone(),
         pod_uid: entity.pod_uid.clone(),
         container: entity.container.clone(),
         node: entity.node.clone(),
-        gpu_uuid: hit.events.iter().rev().find_map(|e| e.entity.gpu_uuid.clone()),
+        gpu_uuid: hit
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| e.entity.gpu_uuid.clone()),
         role,
         role_reason,
         mitre: rule.mitre.clone(),
@@ -348,15 +453,27 @@ mod tests {
     use super::*;
 
     fn ev(ts: i64, step: usize) -> Ev {
-        Ev { ts, step, event_id: format!("e{ts}"), value: None, entity: Default::default() }
+        Ev {
+            ts,
+            step,
+            event_id: format!("e{ts}"),
+            value: None,
+            entity: Default::default(),
+        }
     }
 
     #[test]
     fn ordered_chain_respects_order_and_span() {
-        let events: VecDeque<Ev> = [ev(1, 0), ev(2, 2), ev(3, 1), ev(4, 3), ev(5, 2)].into_iter().collect();
+        let events: VecDeque<Ev> = [ev(1, 0), ev(2, 2), ev(3, 1), ev(4, 3), ev(5, 2)]
+            .into_iter()
+            .collect();
         let chain = longest_ordered_chain(&events, 10);
         assert_eq!(chain.len(), 3);
-        assert!(chain.windows(2).all(|w| w[0].step < w[1].step && w[0].ts <= w[1].ts));
+        assert!(
+            chain
+                .windows(2)
+                .all(|w| w[0].step < w[1].step && w[0].ts <= w[1].ts)
+        );
         assert_eq!(chain[0].step, 0);
         let chain = longest_ordered_chain(&events, 2);
         assert!(chain.len() <= 2);

@@ -110,7 +110,10 @@ impl LogSource {
 
     /// The column `name` of this source.
     pub fn col(self, name: &'static str) -> Col {
-        let index = self.schema().index_of(name).expect("field-mapping columns exist in their schema");
+        let index = self
+            .schema()
+            .index_of(name)
+            .expect("field-mapping columns exist in their schema");
         Col { name, index }
     }
 }
@@ -120,7 +123,10 @@ enum Named {
     Str(&'static str),
     List(&'static str),
     Int(&'static str),
-    Json { column: &'static str, path: Vec<String> },
+    Json {
+        column: &'static str,
+        path: Vec<String>,
+    },
     Pod(PodFact),
     NamespaceGpuPods,
     ServiceAccountRoles,
@@ -132,7 +138,10 @@ pub fn resolve(source: LogSource, field: &str) -> Result<Access, String> {
         Named::Str(c) => Access::Str(source.col(c)),
         Named::List(c) => Access::List(source.col(c)),
         Named::Int(c) => Access::Int(source.col(c)),
-        Named::Json { column, path } => Access::Json { column: source.col(column), path },
+        Named::Json { column, path } => Access::Json {
+            column: source.col(column),
+            path,
+        },
         Named::Pod(f) => Access::Pod(f),
         Named::NamespaceGpuPods => Access::NamespaceGpuPods,
         Named::ServiceAccountRoles => Access::ServiceAccountRoles,
@@ -147,7 +156,9 @@ pub fn decision() -> Access {
 fn named(source: LogSource, field: &str) -> Result<Named, String> {
     match field {
         "gpusiem.namespace.gpu_pods" => return Ok(Named::NamespaceGpuPods),
-        "gpusiem.user.service_account_roles" if source == LogSource::K8sAudit => return Ok(Named::ServiceAccountRoles),
+        "gpusiem.user.service_account_roles" if source == LogSource::K8sAudit => {
+            return Ok(Named::ServiceAccountRoles);
+        }
         _ => {}
     }
     if let Some(fact) = field.strip_prefix("gpusiem.pod.") {
@@ -191,7 +202,10 @@ fn entity(field: &str) -> Option<Named> {
 }
 
 fn json(column: &'static str, path: &str) -> Named {
-    Named::Json { column, path: path.split('.').map(str::to_string).collect() }
+    Named::Json {
+        column,
+        path: path.split('.').map(str::to_string).collect(),
+    }
 }
 
 fn audit(field: &str) -> Result<Named, String> {
@@ -215,10 +229,16 @@ fn audit(field: &str) -> Result<Named, String> {
         "responseStatus.reason" => Named::Str(ka::RESPONSE_REASON),
         // SigmaHQ writes bare `hostPath` / `capabilities` for "the pod spec has one".
         "hostPath" => json(ka::REQUEST_OBJECT, "spec.volumes.hostPath"),
-        "capabilities" => json(ka::REQUEST_OBJECT, "spec.containers.securityContext.capabilities"),
+        "capabilities" => json(
+            ka::REQUEST_OBJECT,
+            "spec.containers.securityContext.capabilities",
+        ),
         _ => {
             if let Some(rest) = field.strip_prefix("annotations.") {
-                return Ok(Named::Json { column: ka::ANNOTATIONS, path: vec![rest.to_string()] });
+                return Ok(Named::Json {
+                    column: ka::ANNOTATIONS,
+                    path: vec![rest.to_string()],
+                });
             }
             if let Some(rest) = field.strip_prefix("requestObject.") {
                 return Ok(json(ka::REQUEST_OBJECT, rest));
@@ -259,7 +279,10 @@ fn falco(field: &str) -> Named {
         "evt.type" => Named::Str(fe::EVT_TYPE),
         "evt.time" => Named::Int(fe::EVT_TIME),
         // Any other Falco field is read from output_fields by its exact name.
-        other => Named::Json { column: fe::OUTPUT_FIELDS, path: vec![other.to_string()] },
+        other => Named::Json {
+            column: fe::OUTPUT_FIELDS,
+            path: vec![other.to_string()],
+        },
     }
 }
 
@@ -306,15 +329,29 @@ pub struct Rows<'a> {
 impl<'a> Rows<'a> {
     /// Wraps a batch.
     pub fn new(batch: &'a RecordBatch, inventory: &'a Inventory) -> Self {
-        let strings = batch.columns().iter().map(|c| c.as_string_opt::<i32>()).collect();
-        Rows { batch, inventory, strings, json: Vec::new(), pod: None }
+        let strings = batch
+            .columns()
+            .iter()
+            .map(|c| c.as_string_opt::<i32>())
+            .collect();
+        Rows {
+            batch,
+            inventory,
+            strings,
+            json: Vec::new(),
+            pod: None,
+        }
     }
 
     /// The string value of column `index` at `row` (the hot path of rule matching).
     #[inline]
     pub fn str_at(&self, index: usize, row: usize) -> Option<&'a str> {
         let c = self.strings.get(index).copied().flatten()?;
-        if c.is_null(row) { None } else { Some(c.value(row)) }
+        if c.is_null(row) {
+            None
+        } else {
+            Some(c.value(row))
+        }
     }
 
     /// Number of rows.
@@ -359,17 +396,29 @@ impl<'a> Rows<'a> {
             DataType::Int64 => Some(c.as_primitive::<Int64Type>().value(row)),
             DataType::Int32 => Some(i64::from(c.as_primitive::<Int32Type>().value(row))),
             DataType::UInt8 => Some(i64::from(c.as_primitive::<UInt8Type>().value(row))),
-            DataType::Timestamp(_, _) => Some(c.as_primitive::<arrow::datatypes::TimestampNanosecondType>().value(row)),
+            DataType::Timestamp(_, _) => Some(
+                c.as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                    .value(row),
+            ),
             _ => None,
         }
     }
 
     /// Calls `f` with each value of `access` at `row` until it returns true; returns whether it
     /// did. No call at all means the field is absent or null.
-    pub fn any(&mut self, access: &Access, row: usize, f: &mut dyn FnMut(&Val<'_>) -> bool) -> bool {
+    pub fn any(
+        &mut self,
+        access: &Access,
+        row: usize,
+        f: &mut dyn FnMut(&Val<'_>) -> bool,
+    ) -> bool {
         match access {
-            Access::Str(c) | Access::Decision(c) => self.str_at(c.index, row).is_some_and(|s| f(&Val::Str(Cow::Borrowed(s)))),
-            Access::Int(c) => self.int_col(self.batch.column(c.index), row).is_some_and(|i| f(&Val::Int(i))),
+            Access::Str(c) | Access::Decision(c) => self
+                .str_at(c.index, row)
+                .is_some_and(|s| f(&Val::Str(Cow::Borrowed(s)))),
+            Access::Int(c) => self
+                .int_col(self.batch.column(c.index), row)
+                .is_some_and(|i| f(&Val::Int(i))),
             Access::List(c) => {
                 let col = self.batch.column(c.index);
                 if col.is_null(row) {
@@ -377,38 +426,69 @@ impl<'a> Rows<'a> {
                 }
                 let list = col.as_list::<i32>().value(row);
                 let items = list.as_string::<i32>();
-                (0..items.len()).any(|i| items.is_valid(i) && f(&Val::Str(Cow::Borrowed(items.value(i)))))
+                (0..items.len())
+                    .any(|i| items.is_valid(i) && f(&Val::Str(Cow::Borrowed(items.value(i)))))
             }
             Access::Json { column, path } => {
-                let Some(top) = self.json(column.index, row) else { return false };
-                let Some((first, rest)) = path.split_first() else { return false };
-                let Some(raw) = top.get(first) else { return false };
+                let Some(top) = self.json(column.index, row) else {
+                    return false;
+                };
+                let Some((first, rest)) = path.split_first() else {
+                    return false;
+                };
+                let Some(raw) = top.get(first) else {
+                    return false;
+                };
                 walk_raw(raw, rest, f)
             }
             Access::NamespaceGpuPods => {
-                let Some(ns) = self.str(schema::NAMESPACE, row) else { return false };
-                let n = self.inventory.live_pods_in(ns).filter(|p| p.gpu_request() > 0).count();
+                let Some(ns) = self.str(schema::NAMESPACE, row) else {
+                    return false;
+                };
+                let n = self
+                    .inventory
+                    .live_pods_in(ns)
+                    .filter(|p| p.gpu_request() > 0)
+                    .count();
                 f(&Val::Int(n as i64))
             }
             Access::ServiceAccountRoles => {
-                let Some(user) = self.str(ka::USER, row) else { return false };
-                let Some((ns, sa)) = user.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) else { return false };
+                let Some(user) = self.str(ka::USER, row) else {
+                    return false;
+                };
+                let Some((ns, sa)) = user
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|r| r.split_once(':'))
+                else {
+                    return false;
+                };
                 let inventory = self.inventory;
                 inventory
                     .live_pods_in(ns)
                     .filter(|p| p.service_account.as_deref() == Some(sa))
-                    .any(|p| f(&Val::Str(Cow::Borrowed(inventory.role_of(Some(p)).0.as_str()))))
+                    .any(|p| {
+                        f(&Val::Str(Cow::Borrowed(
+                            inventory.role_of(Some(p)).0.as_str(),
+                        )))
+                    })
             }
             Access::Pod(fact) => {
-                let Some(pod) = self.pod(row) else { return false };
+                let Some(pod) = self.pod(row) else {
+                    return false;
+                };
                 match fact {
                     PodFact::Role => {
                         let (role, _) = self.inventory.role_of(Some(pod));
                         f(&Val::Str(Cow::Borrowed(role.as_str())))
                     }
                     PodFact::GpuRequest => f(&Val::Int(i64::from(pod.gpu_request()))),
-                    PodFact::Privileged => f(&Val::Bool(pod.containers.iter().any(|c| c.privileged))),
-                    PodFact::Image => pod.containers.iter().any(|c| f(&Val::Str(Cow::Borrowed(c.image.as_str())))),
+                    PodFact::Privileged => {
+                        f(&Val::Bool(pod.containers.iter().any(|c| c.privileged)))
+                    }
+                    PodFact::Image => pod
+                        .containers
+                        .iter()
+                        .any(|c| f(&Val::Str(Cow::Borrowed(c.image.as_str())))),
                     PodFact::HostPid => f(&Val::Bool(pod.host_pid)),
                     PodFact::HostPath => f(&Val::Bool(pod.host_path)),
                     PodFact::NvidiaVisibleDevices => pod
@@ -416,7 +496,10 @@ impl<'a> Rows<'a> {
                         .iter()
                         .filter_map(|c| c.nvidia_visible_devices.as_deref())
                         .any(|v| f(&Val::Str(Cow::Borrowed(v)))),
-                    PodFact::ServiceAccount => pod.service_account.as_deref().is_some_and(|s| f(&Val::Str(Cow::Borrowed(s)))),
+                    PodFact::ServiceAccount => pod
+                        .service_account
+                        .as_deref()
+                        .is_some_and(|s| f(&Val::Str(Cow::Borrowed(s)))),
                 }
             }
         }
@@ -435,7 +518,11 @@ impl<'a> Rows<'a> {
                 return p;
             }
         }
-        let p = self.inventory.lookup(self.str(schema::POD_UID, row), self.str(schema::NAMESPACE, row), self.str(schema::POD, row));
+        let p = self.inventory.lookup(
+            self.str(schema::POD_UID, row),
+            self.str(schema::NAMESPACE, row),
+            self.str(schema::POD, row),
+        );
         self.pod = Some((row, p));
         p
     }
@@ -443,10 +530,16 @@ impl<'a> Rows<'a> {
     /// The top-level entries of a JSON-object column, parsed once per row and column; values
     /// stay unparsed until a rule walks into them.
     fn json(&mut self, column: usize, row: usize) -> Option<&TopLevel<'a>> {
-        let i = match self.json.iter().position(|(c, r, _)| *c == column && *r == row) {
+        let i = match self
+            .json
+            .iter()
+            .position(|(c, r, _)| *c == column && *r == row)
+        {
             Some(i) => i,
             None => {
-                let parsed = self.str_at(column, row).and_then(|t| serde_json::from_str::<TopLevel<'a>>(t).ok());
+                let parsed = self
+                    .str_at(column, row)
+                    .and_then(|t| serde_json::from_str::<TopLevel<'a>>(t).ok());
                 // Keep at most one parsed document per column: rows are visited in order.
                 self.json.retain(|(c, _, _)| *c != column);
                 self.json.push((column, row, parsed));
@@ -475,7 +568,10 @@ impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevel<'de>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(k) = map.next_key::<Key<'de>>()? {
                     out.push((k.0, map.next_value()?));
@@ -493,11 +589,19 @@ struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// Walks `path` from a raw JSON value: scalars are read without building a tree; objects and
 /// arrays are parsed only when the path goes into them.
-fn walk_raw(raw: &serde_json::value::RawValue, path: &[String], f: &mut dyn FnMut(&Val<'_>) -> bool) -> bool {
+fn walk_raw(
+    raw: &serde_json::value::RawValue,
+    path: &[String],
+    f: &mut dyn FnMut(&Val<'_>) -> bool,
+) -> bool {
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'"') if path.is_empty() => serde_json::from_str::<Key<'_>>(text).is_ok_and(|k| f(&Val::Str(k.0))),
-        Some(b'{' | b'[') => serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| walk(&v, path, f)),
+        Some(b'"') if path.is_empty() => {
+            serde_json::from_str::<Key<'_>>(text).is_ok_and(|k| f(&Val::Str(k.0)))
+        }
+        Some(b'{' | b'[') => {
+            serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| walk(&v, path, f))
+        }
         Some(b't') if path.is_empty() => f(&Val::Bool(true)),
         Some(b'f') if path.is_empty() => f(&Val::Bool(false)),
         Some(b'n') => false,
@@ -534,26 +638,54 @@ mod tests {
     #[test]
     fn sigma_audit_names_resolve() {
         let a = LogSource::K8sAudit;
-        assert_eq!(resolve(a, "objectRef.resource"), Ok(Access::Str(a.col(ka::RESOURCE))));
-        assert_eq!(resolve(a, "apiGroup"), Ok(Access::Str(a.col(ka::API_GROUP))));
+        assert_eq!(
+            resolve(a, "objectRef.resource"),
+            Ok(Access::Str(a.col(ka::RESOURCE)))
+        );
+        assert_eq!(
+            resolve(a, "apiGroup"),
+            Ok(Access::Str(a.col(ka::API_GROUP)))
+        );
         assert_eq!(
             resolve(a, "annotations.authorization.k8s.io/decision"),
-            Ok(Access::Json { column: a.col(ka::ANNOTATIONS), path: vec!["authorization.k8s.io/decision".into()] })
+            Ok(Access::Json {
+                column: a.col(ka::ANNOTATIONS),
+                path: vec!["authorization.k8s.io/decision".into()]
+            })
         );
         assert!(resolve(a, "proc.name").is_err());
         let f = LogSource::Falco;
-        assert_eq!(resolve(f, "fd.rport"), Ok(Access::Json { column: f.col(fe::OUTPUT_FIELDS), path: vec!["fd.rport".into()] }));
-        assert_eq!(resolve(LogSource::Findings, "pod"), Ok(Access::Str(LogSource::Findings.col(schema::POD))));
+        assert_eq!(
+            resolve(f, "fd.rport"),
+            Ok(Access::Json {
+                column: f.col(fe::OUTPUT_FIELDS),
+                path: vec!["fd.rport".into()]
+            })
+        );
+        assert_eq!(
+            resolve(LogSource::Findings, "pod"),
+            Ok(Access::Str(LogSource::Findings.col(schema::POD)))
+        );
     }
 
     #[test]
     fn json_walk_fans_out_over_arrays() {
-        let v: serde_json::Value = serde_json::json!({"spec": {"volumes": [{"name": "a"}, {"hostPath": {"path": "/"}}]}});
+        let v: serde_json::Value =
+            serde_json::json!({"spec": {"volumes": [{"name": "a"}, {"hostPath": {"path": "/"}}]}});
         let mut seen = Vec::new();
-        walk(&v, &["spec".into(), "volumes".into(), "hostPath".into(), "path".into()], &mut |x| {
-            seen.push(x.clone().to_owned_string());
-            false
-        });
+        walk(
+            &v,
+            &[
+                "spec".into(),
+                "volumes".into(),
+                "hostPath".into(),
+                "path".into(),
+            ],
+            &mut |x| {
+                seen.push(x.clone().to_owned_string());
+                false
+            },
+        );
         assert_eq!(seen, ["/"]);
     }
 

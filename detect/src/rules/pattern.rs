@@ -41,12 +41,18 @@ impl Wildcard {
         if !lit.is_empty() {
             parts.push(Part::Lit(fold(&lit, case_insensitive)));
         }
-        Wildcard { parts, case_insensitive }
+        Wildcard {
+            parts,
+            case_insensitive,
+        }
     }
 
     /// A pattern that matches exactly `text`.
     pub fn literal(text: &str, case_insensitive: bool) -> Self {
-        Wildcard { parts: vec![Part::Lit(fold(text, case_insensitive))], case_insensitive }
+        Wildcard {
+            parts: vec![Part::Lit(fold(text, case_insensitive))],
+            case_insensitive,
+        }
     }
 
     /// The folded literal, when the pattern is a case-insensitive literal without wildcards
@@ -74,12 +80,21 @@ impl Wildcard {
         }
         // The shapes of contains/startswith/endswith, without backtracking.
         match self.parts.as_slice() {
-            [Part::Star, Part::Lit(l), Part::Star] => return find(text, l, self.case_insensitive && text.is_ascii()).is_some() || (!text.is_ascii() && self.slow(text)),
-            [Part::Lit(l), Part::Star] if text.is_ascii() || !self.case_insensitive => return starts_with(text, l, self.case_insensitive),
+            [Part::Star, Part::Lit(l), Part::Star] => {
+                return find(text, l, self.case_insensitive && text.is_ascii()).is_some()
+                    || (!text.is_ascii() && self.slow(text));
+            }
+            [Part::Lit(l), Part::Star] if text.is_ascii() || !self.case_insensitive => {
+                return starts_with(text, l, self.case_insensitive);
+            }
             [Part::Star, Part::Lit(l)] if text.is_ascii() || !self.case_insensitive => {
                 return text.len() >= l.len() && text.is_char_boundary(text.len() - l.len()) && {
                     let tail = &text[text.len() - l.len()..];
-                    if self.case_insensitive { tail.eq_ignore_ascii_case(l) } else { tail == l }
+                    if self.case_insensitive {
+                        tail.eq_ignore_ascii_case(l)
+                    } else {
+                        tail == l
+                    }
                 };
             }
             _ => {}
@@ -104,7 +119,13 @@ fn fold(s: &str, ci: bool) -> String {
 }
 
 fn starts_with(text: &str, lit: &str, ci: bool) -> bool {
-    text.len() >= lit.len() && text.is_char_boundary(lit.len()) && (if ci { text[..lit.len()].eq_ignore_ascii_case(lit) } else { text.starts_with(lit) })
+    text.len() >= lit.len()
+        && text.is_char_boundary(lit.len())
+        && (if ci {
+            text[..lit.len()].eq_ignore_ascii_case(lit)
+        } else {
+            text.starts_with(lit)
+        })
 }
 
 fn find(text: &str, lit: &str, ci: bool) -> Option<usize> {
@@ -118,14 +139,17 @@ fn find(text: &str, lit: &str, ci: bool) -> Option<usize> {
     if l.is_empty() {
         return Some(0);
     }
-    (0..=t.len().checked_sub(l.len())?).find(|&i| text.is_char_boundary(i) && t[i..i + l.len()].eq_ignore_ascii_case(l))
+    (0..=t.len().checked_sub(l.len())?)
+        .find(|&i| text.is_char_boundary(i) && t[i..i + l.len()].eq_ignore_ascii_case(l))
 }
 
 /// Backtracking only at stars; iterative over the parts.
 fn match_parts(parts: &[Part], text: &str, ci: bool) -> bool {
     match parts.split_first() {
         None => text.is_empty(),
-        Some((Part::Lit(l), rest)) => starts_with(text, l, ci) && match_parts(rest, &text[l.len()..], ci),
+        Some((Part::Lit(l), rest)) => {
+            starts_with(text, l, ci) && match_parts(rest, &text[l.len()..], ci)
+        }
         Some((Part::One, rest)) => {
             let mut chars = text.chars();
             chars.next().is_some() && match_parts(rest, chars.as_str(), ci)
@@ -148,7 +172,11 @@ fn match_parts(parts: &[Part], text: &str, ci: bool) -> bool {
                     }
                     false
                 }
-                Some(_) => text.char_indices().map(|(i, _)| i).chain([text.len()]).any(|i| match_parts(rest, &text[i..], ci)),
+                Some(_) => text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .any(|i| match_parts(rest, &text[i..], ci)),
             }
         }
     }

@@ -183,31 +183,55 @@ impl std::fmt::Display for RuleError {
 
 /// Parses every rule document of a file.
 pub fn parse_file(file: &str, text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
-    let err = |line, message: String| RuleError { file: file.to_string(), line, message };
+    let err = |line, message: String| RuleError {
+        file: file.to_string(),
+        line,
+        message,
+    };
     let docs = super::yaml::load(text).map_err(|(line, m)| vec![err(line, m)])?;
-    let stem = std::path::Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = std::path::Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut rules = Vec::new();
     let mut errors = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
         if matches!(doc.value, Value::Null) {
             continue;
         }
-        let fallback = if i == 0 { stem.clone() } else { format!("{stem}#{}", i + 1) };
+        let fallback = if i == 0 {
+            stem.clone()
+        } else {
+            format!("{stem}#{}", i + 1)
+        };
         match parse_rule(doc, &fallback, file, text) {
             Ok(r) => rules.push(r),
             Err((line, m)) => errors.push(err(line, m)),
         }
     }
-    if errors.is_empty() { Ok(rules) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors)
+    }
 }
 
 type PErr = (usize, String);
 
 fn parse_rule(doc: &Node, fallback_name: &str, file: &str, text: &str) -> Result<Rule, PErr> {
-    let map = doc.as_map().ok_or((doc.line, "a rule must be a mapping".to_string()))?;
-    let title = doc.get("title").and_then(Node::as_str).ok_or((doc.line, "missing `title`".to_string()))?.to_string();
+    let map = doc
+        .as_map()
+        .ok_or((doc.line, "a rule must be a mapping".to_string()))?;
+    let title = doc
+        .get("title")
+        .and_then(Node::as_str)
+        .ok_or((doc.line, "missing `title`".to_string()))?
+        .to_string();
     let name = match doc.get("name") {
-        Some(n) => n.as_str().ok_or((n.line, "`name` must be a string".to_string()))?.to_string(),
+        Some(n) => n
+            .as_str()
+            .ok_or((n.line, "`name` must be a string".to_string()))?
+            .to_string(),
         None => fallback_name.to_string(),
     };
     let level = match doc.get("level") {
@@ -220,18 +244,44 @@ fn parse_rule(doc: &Node, fallback_name: &str, file: &str, text: &str) -> Result
         .unwrap_or_default()
         .iter()
         .filter_map(|t| t.strip_prefix("attack."))
-        .filter(|t| t.len() > 1 && t.as_bytes()[0].eq_ignore_ascii_case(&b't') && t.as_bytes()[1].is_ascii_digit())
+        .filter(|t| {
+            t.len() > 1
+                && t.as_bytes()[0].eq_ignore_ascii_case(&b't')
+                && t.as_bytes()[1].is_ascii_digit()
+        })
         .map(|t| t.to_ascii_uppercase())
         .collect();
     let generate = match doc.get("generate") {
-        Some(Node { value: Value::Bool(b), .. }) => *b,
+        Some(Node {
+            value: Value::Bool(b),
+            ..
+        }) => *b,
         Some(n) => return Err((n.line, "`generate` must be true or false".to_string())),
         None => true,
     };
     let known = [
-        "title", "id", "name", "related", "taxonomy", "status", "description", "references", "author", "date", "modified",
-        "tags", "logsource", "detection", "fields", "falsepositives", "level", "correlation", "generate", "license",
-        "scope", "gpusiem",
+        "title",
+        "id",
+        "name",
+        "related",
+        "taxonomy",
+        "status",
+        "description",
+        "references",
+        "author",
+        "date",
+        "modified",
+        "tags",
+        "logsource",
+        "detection",
+        "fields",
+        "falsepositives",
+        "level",
+        "correlation",
+        "generate",
+        "license",
+        "scope",
+        "gpusiem",
     ];
     if let Some((k, v)) = map.iter().find(|(k, _)| !known.contains(&k.as_str())) {
         return Err((v.line, format!("unknown key `{k}`")));
@@ -239,8 +289,18 @@ fn parse_rule(doc: &Node, fallback_name: &str, file: &str, text: &str) -> Result
     let kind = match (doc.get("detection"), doc.get("correlation")) {
         (Some(d), None) => RuleKind::Detection(detection(doc, d)?),
         (None, Some(c)) => RuleKind::Correlation(correlation(c, doc.get("gpusiem"))?),
-        (Some(_), Some(c)) => return Err((c.line, "a rule has either `detection` or `correlation`".to_string())),
-        (None, None) => return Err((doc.line, "missing `detection` (or `correlation`)".to_string())),
+        (Some(_), Some(c)) => {
+            return Err((
+                c.line,
+                "a rule has either `detection` or `correlation`".to_string(),
+            ));
+        }
+        (None, None) => {
+            return Err((
+                doc.line,
+                "missing `detection` (or `correlation`)".to_string(),
+            ));
+        }
     };
     let hash = {
         use std::hash::{Hash, Hasher};
@@ -253,7 +313,10 @@ fn parse_rule(doc: &Node, fallback_name: &str, file: &str, text: &str) -> Result
         name,
         sigma_id: doc.get("id").and_then(Node::as_str).map(str::to_string),
         title,
-        description: doc.get("description").and_then(Node::as_str).map(str::to_string),
+        description: doc
+            .get("description")
+            .and_then(Node::as_str)
+            .map(str::to_string),
         level,
         mitre,
         generate,
@@ -270,7 +333,10 @@ fn level(n: &Node) -> Result<Severity, PErr> {
         Some("medium") => Ok(Severity::Medium),
         Some("high") => Ok(Severity::High),
         Some("critical") => Ok(Severity::Critical),
-        _ => Err((n.line, "`level` must be informational, low, medium, high or critical".to_string())),
+        _ => Err((
+            n.line,
+            "`level` must be informational, low, medium, high or critical".to_string(),
+        )),
     }
 }
 
@@ -288,8 +354,13 @@ fn logsource(n: &Node) -> Result<LogSource, PErr> {
 }
 
 fn detection(doc: &Node, d: &Node) -> Result<Detection, PErr> {
-    let source = logsource(doc.get("logsource").ok_or((doc.line, "missing `logsource`".to_string()))?)?;
-    let entries = d.as_map().ok_or((d.line, "`detection` must be a mapping".to_string()))?;
+    let source = logsource(
+        doc.get("logsource")
+            .ok_or((doc.line, "missing `logsource`".to_string()))?,
+    )?;
+    let entries = d
+        .as_map()
+        .ok_or((d.line, "`detection` must be a mapping".to_string()))?;
     let mut selections = Vec::new();
     let mut cond_node = None;
     for (name, node) in entries {
@@ -298,7 +369,10 @@ fn detection(doc: &Node, d: &Node) -> Result<Detection, PErr> {
             continue;
         }
         if name == "timeframe" {
-            return Err((node.line, "`timeframe` is deprecated; use a correlation rule".into()));
+            return Err((
+                node.line,
+                "`timeframe` is deprecated; use a correlation rule".into(),
+            ));
         }
         selections.push((name.clone(), selection(source, node)?));
     }
@@ -310,30 +384,51 @@ fn detection(doc: &Node, d: &Node) -> Result<Detection, PErr> {
             items
                 .iter()
                 .map(|i| {
-                    let s = i.as_str().ok_or((i.line, "conditions must be strings".to_string()))?;
+                    let s = i
+                        .as_str()
+                        .ok_or((i.line, "conditions must be strings".to_string()))?;
                     condition::parse(s, &names).map_err(|m| (i.line, m))
                 })
                 .collect::<Result<_, _>>()?,
         ),
         _ => return Err((cond_node.line, "`condition` must be a string".into())),
     };
-    Ok(Detection { source, selections, condition })
+    Ok(Detection {
+        source,
+        selections,
+        condition,
+    })
 }
 
 fn selection(source: LogSource, n: &Node) -> Result<Selection, PErr> {
     match &n.value {
         Value::Map(_) => Ok(Selection::AnyOf(vec![field_group(source, n)?])),
         Value::Seq(items) if items.iter().all(|i| matches!(i.value, Value::Map(_))) => {
-            Ok(Selection::AnyOf(items.iter().map(|i| field_group(source, i)).collect::<Result<_, _>>()?))
+            Ok(Selection::AnyOf(
+                items
+                    .iter()
+                    .map(|i| field_group(source, i))
+                    .collect::<Result<_, _>>()?,
+            ))
         }
         Value::Seq(items) => Ok(Selection::Keywords(
             items
                 .iter()
-                .map(|i| i.scalar_text().map(|t| Wildcard::parse(&format!("*{t}*"), true)).ok_or((i.line, "keywords must be scalars".to_string())))
+                .map(|i| {
+                    i.scalar_text()
+                        .map(|t| Wildcard::parse(&format!("*{t}*"), true))
+                        .ok_or((i.line, "keywords must be scalars".to_string()))
+                })
                 .collect::<Result<_, _>>()?,
         )),
-        Value::Str(s) => Ok(Selection::Keywords(vec![Wildcard::parse(&format!("*{s}*"), true)])),
-        _ => Err((n.line, "a selection is a mapping, a list of mappings, or a list of keywords".into())),
+        Value::Str(s) => Ok(Selection::Keywords(vec![Wildcard::parse(
+            &format!("*{s}*"),
+            true,
+        )])),
+        _ => Err((
+            n.line,
+            "a selection is a mapping, a list of mappings, or a list of keywords".into(),
+        )),
     }
 }
 
@@ -350,28 +445,53 @@ fn field_group(source: LogSource, n: &Node) -> Result<Vec<FieldMatch>, PErr> {
         };
         // SigmaHQ's enumeration rule compares responseStatus.code with 'ALLOW': that is the
         // authorization decision, not an HTTP code.
-        if access == Access::Int(LogSource::K8sAudit.col(gpusiem_ingest::schema::k8s_audit::RESPONSE_CODE))
-            && items.iter().all(|i| i.as_str().is_some_and(|s| matches!(s.to_ascii_uppercase().as_str(), "ALLOW" | "FORBID" | "DENY")))
+        if access
+            == Access::Int(
+                LogSource::K8sAudit.col(gpusiem_ingest::schema::k8s_audit::RESPONSE_CODE),
+            )
+            && items.iter().all(|i| {
+                i.as_str().is_some_and(|s| {
+                    matches!(s.to_ascii_uppercase().as_str(), "ALLOW" | "FORBID" | "DENY")
+                })
+            })
         {
             access = fields::decision();
         }
         let all = modifiers.contains(&"all");
-        let matchers = items.iter().map(|v| matcher(v, &modifiers)).collect::<Result<Vec<_>, _>>()?;
+        let matchers = items
+            .iter()
+            .map(|v| matcher(v, &modifiers))
+            .collect::<Result<Vec<_>, _>>()?;
         if matchers.is_empty() {
-            return Err((values.line, "an empty list of values matches nothing".into()));
+            return Err((
+                values.line,
+                "an empty list of values matches nothing".into(),
+            ));
         }
         // Several `contains` values: one pass of an Aho-Corasick automaton instead of one scan
         // per value (SigmaHQ's enumeration rule has 23 of them).
         let plain_contains = modifiers == ["contains"]
             && items.len() > 1
-            && items.iter().all(|i| i.scalar_text().is_some_and(|t| !t.contains(['*', '?', '\\'])));
+            && items.iter().all(|i| {
+                i.scalar_text()
+                    .is_some_and(|t| !t.contains(['*', '?', '\\']))
+            });
         let contains_any = if plain_contains {
             let needles: Vec<String> = items.iter().filter_map(|i| i.scalar_text()).collect();
-            aho_corasick::AhoCorasick::builder().ascii_case_insensitive(true).build(&needles).ok()
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(&needles)
+                .ok()
         } else {
             None
         };
-        out.push(FieldMatch { field, access, matchers, all, contains_any });
+        out.push(FieldMatch {
+            field,
+            access,
+            matchers,
+            all,
+            contains_any,
+        });
     }
     // Cheap checks first: plain columns before JSON look-ups and inventory facts.
     out.sort_by_key(|m| match m.access {
@@ -387,7 +507,24 @@ fn matcher(v: &Node, modifiers: &[&str]) -> Result<Matcher, PErr> {
     let bad = |m: String| (v.line, m);
     let cased = modifiers.contains(&"cased");
     for m in modifiers {
-        if !matches!(*m, "contains" | "startswith" | "endswith" | "re" | "i" | "m" | "s" | "cidr" | "all" | "exists" | "cased" | "gt" | "gte" | "lt" | "lte") {
+        if !matches!(
+            *m,
+            "contains"
+                | "startswith"
+                | "endswith"
+                | "re"
+                | "i"
+                | "m"
+                | "s"
+                | "cidr"
+                | "all"
+                | "exists"
+                | "cased"
+                | "gt"
+                | "gte"
+                | "lt"
+                | "lte"
+        ) {
             return Err(bad(format!("unsupported modifier `{m}`")));
         }
     }
@@ -413,19 +550,38 @@ fn matcher(v: &Node, modifiers: &[&str]) -> Result<Matcher, PErr> {
     }
     let text = match &v.value {
         Value::Null => return Ok(Matcher::Null),
-        Value::Bool(b) if modifiers.is_empty() || modifiers == ["all"] => return Ok(Matcher::Bool(*b)),
-        Value::Int(i) if modifiers.is_empty() || modifiers == ["all"] => return Ok(Matcher::Num(*i as f64)),
-        Value::Float(f) if modifiers.is_empty() || modifiers == ["all"] => return Ok(Matcher::Num(*f)),
+        Value::Bool(b) if modifiers.is_empty() || modifiers == ["all"] => {
+            return Ok(Matcher::Bool(*b));
+        }
+        Value::Int(i) if modifiers.is_empty() || modifiers == ["all"] => {
+            return Ok(Matcher::Num(*i as f64));
+        }
+        Value::Float(f) if modifiers.is_empty() || modifiers == ["all"] => {
+            return Ok(Matcher::Num(*f));
+        }
         Value::Seq(_) | Value::Map(_) => return Err(bad("values must be scalars".into())),
         _ => v.scalar_text().unwrap_or_default(),
     };
     if modifiers.contains(&"re") {
-        let flags: String = ["i", "m", "s"].iter().filter(|f| modifiers.contains(f)).copied().collect();
-        let pattern = if flags.is_empty() { text } else { format!("(?{flags}){text}") };
-        return Regex::new(&pattern).map(Matcher::Regex).map_err(|e| bad(format!("invalid regular expression: {e}")));
+        let flags: String = ["i", "m", "s"]
+            .iter()
+            .filter(|f| modifiers.contains(f))
+            .copied()
+            .collect();
+        let pattern = if flags.is_empty() {
+            text
+        } else {
+            format!("(?{flags}){text}")
+        };
+        return Regex::new(&pattern)
+            .map(Matcher::Regex)
+            .map_err(|e| bad(format!("invalid regular expression: {e}")));
     }
     if modifiers.contains(&"cidr") {
-        return text.parse().map(Matcher::Cidr).map_err(|_| bad("invalid CIDR network".into()));
+        return text
+            .parse()
+            .map(Matcher::Cidr)
+            .map_err(|_| bad("invalid CIDR network".into()));
     }
     let pattern = if modifiers.contains(&"contains") {
         format!("*{text}*")
@@ -447,20 +603,43 @@ fn correlation(c: &Node, ext: Option<&Node>) -> Result<Correlation, PErr> {
         Some("value_count") => CorrelationKind::ValueCount,
         Some("temporal") => CorrelationKind::Temporal,
         Some("temporal_ordered") => CorrelationKind::TemporalOrdered,
-        _ => return Err((kind_node.line, "`type` is event_count, value_count, temporal or temporal_ordered".into())),
+        _ => {
+            return Err((
+                kind_node.line,
+                "`type` is event_count, value_count, temporal or temporal_ordered".into(),
+            ));
+        }
     };
-    let rules = get("rules").and_then(Node::string_list).ok_or((c.line, "missing `correlation.rules`".to_string()))?;
-    let group_by = get("group-by").and_then(Node::string_list).unwrap_or_default();
+    let rules = get("rules")
+        .and_then(Node::string_list)
+        .ok_or((c.line, "missing `correlation.rules`".to_string()))?;
+    let group_by = get("group-by")
+        .and_then(Node::string_list)
+        .unwrap_or_default();
     let ts_node = get("timespan").ok_or((c.line, "missing `correlation.timespan`".to_string()))?;
-    let timespan_ns = ts_node.as_str().and_then(duration_ns).ok_or((ts_node.line, "`timespan` like 30s, 5m, 1h or 1d".to_string()))?;
+    let timespan_ns = ts_node.as_str().and_then(duration_ns).ok_or((
+        ts_node.line,
+        "`timespan` like 30s, 5m, 1h or 1d".to_string(),
+    ))?;
     let mut aliases = Vec::new();
     if let Some(a) = get("aliases") {
-        for (alias, per_rule) in a.as_map().ok_or((a.line, "`aliases` must be a mapping".to_string()))? {
+        for (alias, per_rule) in a
+            .as_map()
+            .ok_or((a.line, "`aliases` must be a mapping".to_string()))?
+        {
             let pairs = per_rule
                 .as_map()
-                .ok_or((per_rule.line, "each alias maps rule names to field names".to_string()))?
+                .ok_or((
+                    per_rule.line,
+                    "each alias maps rule names to field names".to_string(),
+                ))?
                 .iter()
-                .map(|(rule, field)| field.as_str().map(|f| (rule.clone(), f.to_string())).ok_or((field.line, "field names are strings".to_string())))
+                .map(|(rule, field)| {
+                    field
+                        .as_str()
+                        .map(|f| (rule.clone(), f.to_string()))
+                        .ok_or((field.line, "field names are strings".to_string()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             aliases.push((alias.clone(), pairs));
         }
@@ -468,7 +647,10 @@ fn correlation(c: &Node, ext: Option<&Node>) -> Result<Correlation, PErr> {
     let mut threshold = None;
     let mut value_field = None;
     if let Some(cond) = get("condition") {
-        for (k, v) in cond.as_map().ok_or((cond.line, "`condition` is a mapping like {gte: 10}".to_string()))? {
+        for (k, v) in cond.as_map().ok_or((
+            cond.line,
+            "`condition` is a mapping like {gte: 10}".to_string(),
+        ))? {
             match k.as_str() {
                 "field" => value_field = v.as_str().map(str::to_string),
                 op => {
@@ -489,15 +671,25 @@ fn correlation(c: &Node, ext: Option<&Node>) -> Result<Correlation, PErr> {
             }
         }
     }
-    if matches!(kind, CorrelationKind::EventCount | CorrelationKind::ValueCount) && threshold.is_none() {
-        return Err((c.line, "count correlations need a `condition` like {gte: 10}".into()));
+    if matches!(
+        kind,
+        CorrelationKind::EventCount | CorrelationKind::ValueCount
+    ) && threshold.is_none()
+    {
+        return Err((
+            c.line,
+            "count correlations need a `condition` like {gte: 10}".into(),
+        ));
     }
     if kind == CorrelationKind::ValueCount && value_field.is_none() {
         return Err((c.line, "value_count needs `condition.field`".into()));
     }
     let (mut min_rules, mut full_chain_level) = (None, None);
     if let Some(e) = ext {
-        for (k, v) in e.as_map().ok_or((e.line, "`gpusiem` must be a mapping".to_string()))? {
+        for (k, v) in e
+            .as_map()
+            .ok_or((e.line, "`gpusiem` must be a mapping".to_string()))?
+        {
             match k.as_str() {
                 "absence" => {
                     if v.value == Value::Bool(true) {
@@ -514,17 +706,40 @@ fn correlation(c: &Node, ext: Option<&Node>) -> Result<Correlation, PErr> {
         }
     }
     if kind == CorrelationKind::Absence && rules.len() != 2 {
-        return Err((c.line, "an absence rule names exactly two rules: the first, and the one that must follow".into()));
+        return Err((
+            c.line,
+            "an absence rule names exactly two rules: the first, and the one that must follow"
+                .into(),
+        ));
     }
-    if matches!(kind, CorrelationKind::Temporal | CorrelationKind::TemporalOrdered) && rules.len() < 2 {
-        return Err((c.line, "temporal correlations need at least two rules".into()));
+    if matches!(
+        kind,
+        CorrelationKind::Temporal | CorrelationKind::TemporalOrdered
+    ) && rules.len() < 2
+    {
+        return Err((
+            c.line,
+            "temporal correlations need at least two rules".into(),
+        ));
     }
-    Ok(Correlation { kind, rules, group_by, aliases, timespan_ns, threshold, value_field, min_rules, full_chain_level })
+    Ok(Correlation {
+        kind,
+        rules,
+        group_by,
+        aliases,
+        timespan_ns,
+        threshold,
+        value_field,
+        min_rules,
+        full_chain_level,
+    })
 }
 
 /// `30s`, `5m`, `1h`, `1d` → ns.
 pub fn duration_ns(s: &str) -> Option<i64> {
-    let (n, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit())?);
+    let (n, unit) = s
+        .trim()
+        .split_at(s.trim().find(|c: char| !c.is_ascii_digit())?);
     let n: i64 = n.parse().ok()?;
     let secs = match unit {
         "s" => n,
@@ -558,14 +773,22 @@ impl Detection {
 impl Selection {
     fn matches(&self, source: LogSource, rows: &mut Rows<'_>, row: usize) -> bool {
         match self {
-            Selection::AnyOf(groups) => groups.iter().any(|g| g.iter().all(|m| m.matches(rows, row))),
+            Selection::AnyOf(groups) => groups
+                .iter()
+                .any(|g| g.iter().all(|m| m.matches(rows, row))),
             Selection::Keywords(words) => {
                 let texts: &[&str] = match source {
                     LogSource::Falco => &[gpusiem_ingest::schema::falco_events::OUTPUT],
-                    LogSource::K8sAudit => &[gpusiem_ingest::schema::k8s_audit::REQUEST_URI, gpusiem_ingest::schema::k8s_audit::USER_AGENT],
+                    LogSource::K8sAudit => &[
+                        gpusiem_ingest::schema::k8s_audit::REQUEST_URI,
+                        gpusiem_ingest::schema::k8s_audit::USER_AGENT,
+                    ],
                     LogSource::Findings => &[crate::finding::columns::SUMMARY],
                 };
-                texts.iter().filter_map(|c| rows.str(c, row)).any(|t| words.iter().any(|w| w.matches(t)))
+                texts
+                    .iter()
+                    .filter_map(|c| rows.str(c, row))
+                    .any(|t| words.iter().any(|w| w.matches(t)))
             }
         }
     }
@@ -586,15 +809,24 @@ impl FieldMatch {
                 (m, Some(s)) => value_matches(m, &Val::Str(std::borrow::Cow::Borrowed(s))),
                 (_, None) => false,
             };
-            return if self.all { self.matchers.iter().all(test) } else { self.matchers.iter().any(test) };
+            return if self.all {
+                self.matchers.iter().all(test)
+            } else {
+                self.matchers.iter().any(test)
+            };
         }
         if let [Matcher::Exists(want)] = self.matchers.as_slice() {
             return rows.any(&self.access, row, &mut |_| true) == *want;
         }
         if self.all {
-            return self.matchers.iter().all(|m| one(m, &self.access, rows, row));
+            return self
+                .matchers
+                .iter()
+                .all(|m| one(m, &self.access, rows, row));
         }
-        self.matchers.iter().any(|m| one(m, &self.access, rows, row))
+        self.matchers
+            .iter()
+            .any(|m| one(m, &self.access, rows, row))
     }
 }
 
@@ -622,7 +854,9 @@ fn value_matches(m: &Matcher, v: &Val<'_>) -> bool {
             CmpOp::Lte => x <= *n,
         }),
         (Matcher::Bool(b), Val::Bool(x)) => b == x,
-        (Matcher::Bool(b), Val::Str(s)) => s.eq_ignore_ascii_case(if *b { "true" } else { "false" }),
+        (Matcher::Bool(b), Val::Str(s)) => {
+            s.eq_ignore_ascii_case(if *b { "true" } else { "false" })
+        }
         _ => false,
     }
 }
@@ -649,8 +883,13 @@ mod tests {
         .expect("parse");
         assert_eq!(rules.len(), 1);
         let r = &rules[0];
-        assert_eq!((r.name.as_str(), r.level, r.mitre.clone()), ("exec", Severity::High, vec!["T1609".to_string()]));
-        let RuleKind::Detection(d) = &r.kind else { panic!("detection") };
+        assert_eq!(
+            (r.name.as_str(), r.level, r.mitre.clone()),
+            ("exec", Severity::High, vec!["T1609".to_string()])
+        );
+        let RuleKind::Detection(d) = &r.kind else {
+            panic!("detection")
+        };
         assert_eq!(d.selections.len(), 2);
     }
 
@@ -659,7 +898,12 @@ mod tests {
         let e = parse_file("bad.yml", "title: x\nlogsource:\n  product: kubernetes\n  service: audit\ndetection:\n  selection:\n    verb|frobnicate: x\n  condition: selection\n")
             .expect_err("bad modifier");
         assert_eq!(e[0].line, 7);
-        assert!(e[0].to_string().starts_with("bad.yml:7: unsupported modifier"), "{}", e[0]);
+        assert!(
+            e[0].to_string()
+                .starts_with("bad.yml:7: unsupported modifier"),
+            "{}",
+            e[0]
+        );
         let e = parse_file("bad.yml", "title: x\nlogsource:\n  product: kubernetes\n  service: audit\ndetection:\n  selection:\n    verb: x\n  condition: selection and other\n")
             .expect_err("bad condition");
         assert_eq!(e[0].line, 8);
@@ -672,8 +916,13 @@ mod tests {
             "title: chain\nname: chain\ncorrelation:\n  type: temporal_ordered\n  rules: [a, b, c]\n  group-by: [pod]\n  timespan: 10m\ngpusiem:\n  min_rules: 2\n  full_chain_level: critical\nlevel: high\n",
         )
         .expect("parse");
-        let RuleKind::Correlation(c) = &rules[0].kind else { panic!("correlation") };
-        assert_eq!((c.kind, c.timespan_ns, c.min_rules), (CorrelationKind::TemporalOrdered, 600_000_000_000, Some(2)));
+        let RuleKind::Correlation(c) = &rules[0].kind else {
+            panic!("correlation")
+        };
+        assert_eq!(
+            (c.kind, c.timespan_ns, c.min_rules),
+            (CorrelationKind::TemporalOrdered, 600_000_000_000, Some(2))
+        );
         assert_eq!(c.full_chain_level, Some(Severity::Critical));
     }
 

@@ -50,7 +50,10 @@ impl Node {
 
     /// The value of `key`, if this is a mapping that has it.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.as_map()?.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// A scalar rendered as text (strings as themselves, numbers and booleans in YAML form).
@@ -83,13 +86,19 @@ pub fn to_json(n: &Node) -> serde_json::Value {
         Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         Value::Str(s) => J::String(s.clone()),
         Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
-        Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
     }
 }
 
 /// Parses every document of `text`. Errors carry the 1-based line.
 pub fn load(text: &str) -> Result<Vec<Node>, (usize, String)> {
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| (e.marker().line().max(1), e.info().to_string()))?;
+    let docs = MarkedYaml::load_from_str(text)
+        .map_err(|e| (e.marker().line().max(1), e.info().to_string()))?;
     docs.iter().map(convert).collect()
 }
 
@@ -98,21 +107,30 @@ fn convert(y: &MarkedYaml<'_>) -> Result<Node, (usize, String)> {
     let value = match &y.data {
         YamlData::Value(s) => scalar(s),
         YamlData::Representation(text, _, _) => Value::Str(text.to_string()),
-        YamlData::Sequence(items) => Value::Seq(items.iter().map(convert).collect::<Result<_, _>>()?),
+        YamlData::Sequence(items) => {
+            Value::Seq(items.iter().map(convert).collect::<Result<_, _>>()?)
+        }
         YamlData::Mapping(map) => {
             let mut entries = Vec::with_capacity(map.len());
             for (k, v) in map {
                 let key = match &k.data {
                     YamlData::Value(s) => scalar_key(s),
                     YamlData::Representation(text, _, _) => text.to_string(),
-                    _ => return Err((k.span.start.line().max(1), "mapping keys must be scalars".to_string())),
+                    _ => {
+                        return Err((
+                            k.span.start.line().max(1),
+                            "mapping keys must be scalars".to_string(),
+                        ));
+                    }
                 };
                 entries.push((key, convert(v)?));
             }
             Value::Map(entries)
         }
         YamlData::Tagged(_, inner) => return convert(inner),
-        YamlData::Alias(_) => return Err((line, "YAML aliases are not supported in rules".to_string())),
+        YamlData::Alias(_) => {
+            return Err((line, "YAML aliases are not supported in rules".to_string()));
+        }
         YamlData::BadValue => return Err((line, "invalid scalar".to_string())),
     };
     Ok(Node { line, value })
@@ -146,7 +164,10 @@ mod tests {
     fn lines_are_remembered() {
         let docs = load("title: x\ndetection:\n  selection:\n    verb: create\n  condition: selection\n---\ntitle: y\n").expect("yaml");
         assert_eq!(docs.len(), 2);
-        let sel = docs[0].get("detection").and_then(|d| d.get("selection")).expect("selection");
+        let sel = docs[0]
+            .get("detection")
+            .and_then(|d| d.get("selection"))
+            .expect("selection");
         assert_eq!(sel.get("verb").map(|v| v.line), Some(4));
         assert_eq!(docs[1].get("title").map(|t| t.line), Some(7));
     }

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 use super::{Script, Server, lock};
 
 /// The real whole-request 429 body (elastic/go-elasticsearch#573).
-pub const REJECTED_429: &str = include_str!("../../fixtures/real/elasticsearch/bulk-response-429-coordinating-rejected.json");
+pub const REJECTED_429: &str =
+    include_str!("../../fixtures/real/elasticsearch/bulk-response-429-coordinating-rejected.json");
 
 /// A scripted answer to one bulk request.
 #[derive(Debug, Clone)]
@@ -106,13 +107,21 @@ struct Ctx {
 
 fn error_for(status: u16, id: &str) -> Value {
     match status {
-        409 => json!({"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, document already exists (current version [1])")}),
-        429 => serde_json::from_str::<Value>(include_str!("../../fixtures/real/elasticsearch/bulk-item-429-write-queue-full.json"))
-            .map(|v| v["index"]["error"].clone())
-            .unwrap_or(Value::Null),
-        400 => json!({"type": "mapper_parsing_exception", "reason": "failed to parse field [gpusiem.revision] of type [long]"}),
+        409 => {
+            json!({"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, document already exists (current version [1])")})
+        }
+        429 => serde_json::from_str::<Value>(include_str!(
+            "../../fixtures/real/elasticsearch/bulk-item-429-write-queue-full.json"
+        ))
+        .map(|v| v["index"]["error"].clone())
+        .unwrap_or(Value::Null),
+        400 => {
+            json!({"type": "mapper_parsing_exception", "reason": "failed to parse field [gpusiem.revision] of type [long]"})
+        }
         404 => json!({"type": "index_not_found_exception", "reason": "no such index"}),
-        _ => json!({"type": "unavailable_shards_exception", "reason": "primary shard is not active"}),
+        _ => {
+            json!({"type": "unavailable_shards_exception", "reason": "primary shard is not active"})
+        }
     }
 }
 
@@ -124,25 +133,47 @@ struct Meta {
     id: Option<String>,
 }
 
-fn parse_bulk(body: &[u8], default_index: Option<&str>, keep_source: bool) -> Result<Vec<Item>, String> {
+fn parse_bulk(
+    body: &[u8],
+    default_index: Option<&str>,
+    keep_source: bool,
+) -> Result<Vec<Item>, String> {
     let mut items = Vec::new();
     let mut lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
     while let Some(action) = lines.next() {
-        let a: HashMap<String, Meta> = serde_json::from_slice(action).map_err(|e| format!("Malformed action/metadata line: {e}"))?;
+        let a: HashMap<String, Meta> = serde_json::from_slice(action)
+            .map_err(|e| format!("Malformed action/metadata line: {e}"))?;
         let (op, meta) = a.into_iter().next().ok_or("empty action")?;
         let source = if op == "delete" {
             String::new()
         } else {
             let line = lines.next().ok_or("action without source")?;
-            if keep_source { String::from_utf8_lossy(line).into_owned() } else { String::new() }
+            if keep_source {
+                String::from_utf8_lossy(line).into_owned()
+            } else {
+                String::new()
+            }
         };
-        let index = meta.index.or_else(|| default_index.map(str::to_string)).ok_or("no index")?;
-        items.push(Item { op, index, id: meta.id.unwrap_or_default(), source });
+        let index = meta
+            .index
+            .or_else(|| default_index.map(str::to_string))
+            .ok_or("no index")?;
+        items.push(Item {
+            op,
+            index,
+            id: meta.id.unwrap_or_default(),
+            source,
+        });
     }
     Ok(items)
 }
 
-async fn bulk_handler(cx: Ctx, default_index: Option<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn bulk_handler(
+    cx: Ctx,
+    default_index: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let keep = lock(&cx.state).keep_bodies;
     let items = match parse_bulk(&body, default_index.as_deref(), keep) {
         Ok(i) => i,
@@ -151,7 +182,10 @@ async fn bulk_handler(cx: Ctx, default_index: Option<String>, headers: HeaderMap
             return (StatusCode::BAD_REQUEST, axum::Json(v)).into_response();
         }
     };
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut st = lock(&cx.state);
     st.items_received += items.len() as u64;
     let mut bulk = Bulk {
@@ -167,7 +201,12 @@ async fn bulk_handler(cx: Ctx, default_index: Option<String>, headers: HeaderMap
         Some(Reply::Whole(code, body)) => {
             bulk.status = code;
             st.bulks.push(bulk);
-            return (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), [("content-type", "application/json")], body).into_response();
+            return (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                [("content-type", "application/json")],
+                body,
+            )
+                .into_response();
         }
         Some(Reply::Items(s)) => s,
         None => Vec::new(),
@@ -182,13 +221,24 @@ async fn bulk_handler(cx: Ctx, default_index: Option<String>, headers: HeaderMap
             None => 201,
         };
         if (200..300).contains(&status) && !st.docs.contains_key(&item.id) {
-            st.docs.insert(item.id.clone(), (item.index.clone(), if keep { item.source.clone() } else { String::new() }));
+            st.docs.insert(
+                item.id.clone(),
+                (
+                    item.index.clone(),
+                    if keep {
+                        item.source.clone()
+                    } else {
+                        String::new()
+                    },
+                ),
+            );
             *st.created.entry(item.id.clone()).or_default() += 1;
         }
         let mut r = json!({"_index": item.index, "_id": item.id, "status": status});
         if !(200..300).contains(&status) {
             errors = true;
-            let e = if status == 400 && item.op == "index" && st.data_streams.contains(&item.index) {
+            let e = if status == 400 && item.op == "index" && st.data_streams.contains(&item.index)
+            {
                 json!({"type": "illegal_argument_exception", "reason": "only write ops with an op_type of create are allowed in data streams"})
             } else {
                 error_for(status, &item.id)
@@ -210,13 +260,22 @@ async fn bulk(State(cx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respons
     bulk_handler(cx, None, headers, body).await
 }
 
-async fn bulk_index(State(cx): State<Ctx>, Path(index): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn bulk_index(
+    State(cx): State<Ctx>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     bulk_handler(cx, Some(index), headers, body).await
 }
 
 async fn template(State(cx): State<Ctx>, Path(name): Path<String>, body: Bytes) -> Response {
     if let Some((code, body)) = cx.template_script.next() {
-        return (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
+        return (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body,
+        )
+            .into_response();
     }
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -225,7 +284,8 @@ async fn template(State(cx): State<Ctx>, Path(name): Path<String>, body: Bytes) 
     let mut st = lock(&cx.state);
     if v.get("data_stream").is_some() {
         if let Some(p) = v["index_patterns"].as_array() {
-            st.data_streams.extend(p.iter().filter_map(|x| x.as_str().map(str::to_string)));
+            st.data_streams
+                .extend(p.iter().filter_map(|x| x.as_str().map(str::to_string)));
         }
     }
     st.templates.insert(name, v);
@@ -235,16 +295,30 @@ async fn template(State(cx): State<Ctx>, Path(name): Path<String>, body: Bytes) 
 impl FakeElasticsearch {
     /// Starts on `addr`.
     pub async fn start(addr: std::net::SocketAddr) -> FakeElasticsearch {
-        let state = Arc::new(Mutex::new(EsState { keep_bodies: true, ..EsState::default() }));
+        let state = Arc::new(Mutex::new(EsState {
+            keep_bodies: true,
+            ..EsState::default()
+        }));
         let script = Arc::new(Script::default());
         let template_script = Arc::new(Script::default());
         let router = axum::Router::new()
             .route("/_bulk", axum::routing::post(bulk))
             .route("/{index}/_bulk", axum::routing::post(bulk_index))
             .route("/_index_template/{name}", axum::routing::put(template))
-            .with_state(Ctx { state: state.clone(), script: script.clone(), template_script: template_script.clone() });
-        let server = Server::start(router, addr).await.expect("starting the fake Elasticsearch");
-        FakeElasticsearch { server, state, script, template_script }
+            .with_state(Ctx {
+                state: state.clone(),
+                script: script.clone(),
+                template_script: template_script.clone(),
+            });
+        let server = Server::start(router, addr)
+            .await
+            .expect("starting the fake Elasticsearch");
+        FakeElasticsearch {
+            server,
+            state,
+            script,
+            template_script,
+        }
     }
 
     /// The base URL.
@@ -264,12 +338,21 @@ impl FakeElasticsearch {
 
     /// Stored document sources parsed as JSON, by `_id`.
     pub fn docs(&self) -> BTreeMap<String, Value> {
-        lock(&self.state).docs.iter().map(|(id, (_, src))| (id.clone(), serde_json::from_str(src).unwrap_or(Value::Null))).collect()
+        lock(&self.state)
+            .docs
+            .iter()
+            .map(|(id, (_, src))| (id.clone(), serde_json::from_str(src).unwrap_or(Value::Null)))
+            .collect()
     }
 
     /// Whether any `_id` was created more than once (never, by construction — asserted anyway).
     pub fn max_creations_per_id(&self) -> u32 {
-        lock(&self.state).created.values().copied().max().unwrap_or(0)
+        lock(&self.state)
+            .created
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -279,7 +362,12 @@ mod tests {
 
     #[test]
     fn the_documented_bulk_body_parses() {
-        let items = parse_bulk(include_bytes!("../../fixtures/real/elasticsearch/bulk-request-doc-example.ndjson"), None, true).expect("parse");
+        let items = parse_bulk(
+            include_bytes!("../../fixtures/real/elasticsearch/bulk-request-doc-example.ndjson"),
+            None,
+            true,
+        )
+        .expect("parse");
         let ops: Vec<&str> = items.iter().map(|i| i.op.as_str()).collect();
         assert_eq!(ops, ["index", "delete", "create", "update"]);
         assert_eq!(items[2].id, "3");

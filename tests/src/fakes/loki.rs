@@ -43,8 +43,15 @@ impl Reply {
 
     /// `400` "entry out of order" (the real message of grafana/loki#4467).
     pub fn out_of_order() -> Reply {
-        let line = include_str!("../../fixtures/real/loki/error-responses-real.txt").lines().nth(1).unwrap_or("entry out of order");
-        Reply::Status(400, line.trim_start_matches("server returned HTTP status 400 Bad Request (400): ").to_string())
+        let line = include_str!("../../fixtures/real/loki/error-responses-real.txt")
+            .lines()
+            .nth(1)
+            .unwrap_or("entry out of order");
+        Reply::Status(
+            400,
+            line.trim_start_matches("server returned HTTP status 400 Bad Request (400): ")
+                .to_string(),
+        )
     }
 
     /// `413`.
@@ -84,7 +91,9 @@ pub struct Push {
 impl Push {
     /// Every entry of the push.
     pub fn entries(&self) -> impl Iterator<Item = (&BTreeMap<String, String>, &Entry)> {
-        self.streams.iter().flat_map(|(l, es)| es.iter().map(move |e| (l, e)))
+        self.streams
+            .iter()
+            .flat_map(|(l, es)| es.iter().map(move |e| (l, e)))
     }
 }
 
@@ -150,7 +159,10 @@ fn parse_selector(s: &str) -> Option<BTreeMap<String, String>> {
         }
         let end = end?;
         out.insert(name, value);
-        rest = after[end + 1..].trim_start().trim_start_matches(',').trim_start();
+        rest = after[end + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
     }
     Some(out)
 }
@@ -158,7 +170,8 @@ fn parse_selector(s: &str) -> Option<BTreeMap<String, String>> {
 type Decoded = (Vec<(BTreeMap<String, String>, Vec<Entry>)>, bool);
 
 fn decode_json(body: &[u8]) -> Result<Decoded, String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("error parsing push request: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("error parsing push request: {e}"))?;
     let strings = true;
     let mut out = Vec::new();
     for s in v["streams"].as_array().ok_or("no streams")? {
@@ -178,7 +191,11 @@ fn decode_json(body: &[u8]) -> Result<Decoded, String> {
             let metadata = v
                 .get(2)
                 .and_then(|m| m.as_object())
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
                 .unwrap_or_default();
             entries.push(Entry { ts, line, metadata });
         }
@@ -188,11 +205,14 @@ fn decode_json(body: &[u8]) -> Result<Decoded, String> {
 }
 
 fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
-    let raw = snap::raw::Decoder::new().decompress_vec(body).map_err(|e| format!("snappy: {e}"))?;
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| format!("snappy: {e}"))?;
     let req = proto::PushRequest::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
     let mut out = Vec::new();
     for s in req.streams {
-        let labels = parse_selector(&s.labels).ok_or_else(|| format!("bad selector {}", s.labels))?;
+        let labels =
+            parse_selector(&s.labels).ok_or_else(|| format!("bad selector {}", s.labels))?;
         let entries = s
             .entries
             .into_iter()
@@ -201,7 +221,11 @@ fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
                 Entry {
                     ts: t.seconds * 1_000_000_000 + i64::from(t.nanos),
                     line: e.line,
-                    metadata: e.structured_metadata.into_iter().map(|p| (p.name, p.value)).collect(),
+                    metadata: e
+                        .structured_metadata
+                        .into_iter()
+                        .map(|p| (p.name, p.value))
+                        .collect(),
                 }
             })
             .collect();
@@ -211,35 +235,72 @@ fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
 }
 
 async fn push(State(cx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let tenant = headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let decoded = if content_type.starts_with("application/x-protobuf") { decode_protobuf(&body) } else { decode_json(&body) };
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let tenant = headers
+        .get("x-scope-orgid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let decoded = if content_type.starts_with("application/x-protobuf") {
+        decode_protobuf(&body)
+    } else {
+        decode_json(&body)
+    };
     let mut st = lock(&cx.state);
     let (streams, strings) = match decoded {
         Ok(d) => d,
         Err(e) => {
-            st.pushes.push(Push { at: Instant::now(), tenant, content_type, string_timestamps: false, streams: vec![], status: 400 });
+            st.pushes.push(Push {
+                at: Instant::now(),
+                tenant,
+                content_type,
+                string_timestamps: false,
+                streams: vec![],
+                status: 400,
+            });
             return (StatusCode::BAD_REQUEST, e).into_response();
         }
     };
-    let mut record = Push { at: Instant::now(), tenant, content_type, string_timestamps: strings, streams: streams.clone(), status: 204 };
+    let mut record = Push {
+        at: Instant::now(),
+        tenant,
+        content_type,
+        string_timestamps: strings,
+        streams: streams.clone(),
+        status: 204,
+    };
     if let Some(Reply::Status(code, body)) = cx.script.next() {
         record.status = code;
         st.pushes.push(record);
-        return (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
+        return (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body,
+        )
+            .into_response();
     }
     // Loki's own validation.
     let mut refusal = None;
     for (labels, entries) in &streams {
         if labels.len() > 15 {
-            refusal = Some(format!("entry for stream '{}' has {} label names; limit 15", selector(labels), labels.len()));
+            refusal = Some(format!(
+                "entry for stream '{}' has {} label names; limit 15",
+                selector(labels),
+                labels.len()
+            ));
         }
         if let Some((k, _)) = labels.iter().find(|(_, v)| v.len() > 2048) {
             refusal = Some(format!("label value too long for label {k}"));
         }
         for e in entries {
             if e.line.len() > MAX_LINE_SIZE {
-                refusal = Some(format!("Max entry size '{MAX_LINE_SIZE}' bytes exceeded for stream '{}' while adding an entry with length '{}' bytes", selector(labels), e.line.len()));
+                refusal = Some(format!(
+                    "Max entry size '{MAX_LINE_SIZE}' bytes exceeded for stream '{}' while adding an entry with length '{}' bytes",
+                    selector(labels),
+                    e.line.len()
+                ));
             }
         }
     }
@@ -254,7 +315,10 @@ async fn push(State(cx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respons
         for e in entries {
             let newest = st.stored.get(&sel).and_then(|v| v.last()).map(|l| l.ts);
             if st.ordered && newest.is_some_and(|n| e.ts < n) {
-                out_of_order = Some(format!("entry with timestamp {} ignored, reason: 'entry out of order' for stream: {sel},", e.ts));
+                out_of_order = Some(format!(
+                    "entry with timestamp {} ignored, reason: 'entry out of order' for stream: {sel},",
+                    e.ts
+                ));
                 continue;
             }
             if st.seen.insert((sel.clone(), e.ts, e.line.clone())) {
@@ -279,9 +343,18 @@ impl FakeLoki {
         let script = Arc::new(Script::default());
         let router = axum::Router::new()
             .route("/loki/api/v1/push", axum::routing::post(push))
-            .with_state(Ctx { state: state.clone(), script: script.clone() });
-        let server = Server::start(router, addr).await.expect("starting the fake Loki");
-        FakeLoki { server, state, script }
+            .with_state(Ctx {
+                state: state.clone(),
+                script: script.clone(),
+            });
+        let server = Server::start(router, addr)
+            .await
+            .expect("starting the fake Loki");
+        FakeLoki {
+            server,
+            state,
+            script,
+        }
     }
 
     /// The base URL (`/loki/api/v1/push` is appended by the sink).
@@ -301,7 +374,12 @@ impl FakeLoki {
 
     /// Stored lines parsed as JSON findings.
     pub fn stored_findings(&self) -> Vec<serde_json::Value> {
-        lock(&self.state).stored.values().flatten().filter_map(|e| serde_json::from_str(&e.line).ok()).collect()
+        lock(&self.state)
+            .stored
+            .values()
+            .flatten()
+            .filter_map(|e| serde_json::from_str(&e.line).ok())
+            .collect()
     }
 }
 
@@ -311,8 +389,15 @@ mod tests {
 
     #[test]
     fn selectors_round_trip() {
-        let l = BTreeMap::from([("a".to_string(), "x\"y\\z".to_string()), ("b".to_string(), "w".to_string())]);
-        let text = gpusiem::delivery::sinks::loki::selector(&l.iter().map(|(k, v)| (if k == "a" { "a" } else { "b" }, v.clone())).collect::<Vec<_>>());
+        let l = BTreeMap::from([
+            ("a".to_string(), "x\"y\\z".to_string()),
+            ("b".to_string(), "w".to_string()),
+        ]);
+        let text = gpusiem::delivery::sinks::loki::selector(
+            &l.iter()
+                .map(|(k, v)| (if k == "a" { "a" } else { "b" }, v.clone()))
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(parse_selector(&text), Some(l));
     }
 
@@ -320,12 +405,19 @@ mod tests {
     fn the_documented_json_bodies_decode() {
         for body in [
             &include_bytes!("../../fixtures/real/loki/push-json-doc-example.json")[..],
-            &include_bytes!("../../fixtures/real/loki/falcosidekick-loki-push-from-falco-event.json")[..],
+            &include_bytes!(
+                "../../fixtures/real/loki/falcosidekick-loki-push-from-falco-event.json"
+            )[..],
         ] {
             let (streams, strings) = decode_json(body).expect("decode");
             assert!(strings);
             assert_eq!(streams.len(), 1);
         }
-        assert!(decode_json(br#"{"streams":[{"stream":{"a":"b"},"values":[[1570818238000000000,"x"]]}]}"#).is_err());
+        assert!(
+            decode_json(
+                br#"{"streams":[{"stream":{"a":"b"},"values":[[1570818238000000000,"x"]]}]}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -105,8 +105,12 @@ pub fn validate(v: &Value) -> Vec<String> {
         if p["source"].as_str().is_none_or(str::is_empty) {
             e.push("'payload.source' is missing".into());
         }
-        if !["critical", "error", "warning", "info"].contains(&p["severity"].as_str().unwrap_or("")) {
-            e.push("'payload.severity' is invalid (must be one of: critical error warning info)".into());
+        if !["critical", "error", "warning", "info"].contains(&p["severity"].as_str().unwrap_or(""))
+        {
+            e.push(
+                "'payload.severity' is invalid (must be one of: critical error warning info)"
+                    .into(),
+            );
         }
     }
     e
@@ -115,19 +119,34 @@ pub fn validate(v: &Value) -> Vec<String> {
 async fn enqueue(State(cx): State<Ctx>, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut st = lock(&cx.state);
-    let mut ev = Event { at: Instant::now(), body: v.clone(), status: 202 };
+    let mut ev = Event {
+        at: Instant::now(),
+        body: v.clone(),
+        status: 202,
+    };
     match cx.script.next() {
         Some(Reply::Status(code, body)) => {
             ev.status = code;
             st.events.push(ev);
-            return (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response();
+            return (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                axum::Json(body),
+            )
+                .into_response();
         }
         Some(Reply::Throttled(after)) => {
             ev.status = 429;
             st.events.push(ev);
-            let body = axum::Json(json!({"status": "throttle exceeded", "message": "Requests for this service are arriving too quickly.  Please retry later."}));
+            let body = axum::Json(
+                json!({"status": "throttle exceeded", "message": "Requests for this service are arriving too quickly.  Please retry later."}),
+            );
             return match after {
-                Some(s) => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", s.to_string())], body).into_response(),
+                Some(s) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", s.to_string())],
+                    body,
+                )
+                    .into_response(),
                 None => (StatusCode::TOO_MANY_REQUESTS, body).into_response(),
             };
         }
@@ -139,12 +158,19 @@ async fn enqueue(State(cx): State<Ctx>, body: Bytes) -> Response {
         st.events.push(ev);
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}))).into_response();
     }
-    let key = v["dedup_key"].as_str().map(str::to_string).unwrap_or_else(|| format!("generated-{}", st.events.len()));
+    let key = v["dedup_key"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("generated-{}", st.events.len()));
     match v["event_action"].as_str().unwrap_or("") {
         "trigger" => match st.open.get(&key).copied() {
             Some(i) => st.incidents[i].triggers += 1,
             None => {
-                st.incidents.push(Incident { dedup_key: key.clone(), triggers: 1, resolved: false });
+                st.incidents.push(Incident {
+                    dedup_key: key.clone(),
+                    triggers: 1,
+                    resolved: false,
+                });
                 let i = st.incidents.len() - 1;
                 st.open.insert(key.clone(), i);
             }
@@ -157,7 +183,11 @@ async fn enqueue(State(cx): State<Ctx>, body: Bytes) -> Response {
         _ => {}
     }
     st.events.push(ev);
-    (StatusCode::ACCEPTED, axum::Json(json!({"status": "success", "message": "Event processed", "dedup_key": key}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": "success", "message": "Event processed", "dedup_key": key})),
+    )
+        .into_response()
 }
 
 impl FakePagerDuty {
@@ -165,9 +195,20 @@ impl FakePagerDuty {
     pub async fn start(addr: std::net::SocketAddr) -> FakePagerDuty {
         let state = Arc::new(Mutex::new(PdState::default()));
         let script = Arc::new(Script::default());
-        let router = axum::Router::new().route("/v2/enqueue", axum::routing::post(enqueue)).with_state(Ctx { state: state.clone(), script: script.clone() });
-        let server = Server::start(router, addr).await.expect("starting the fake PagerDuty");
-        FakePagerDuty { server, state, script }
+        let router = axum::Router::new()
+            .route("/v2/enqueue", axum::routing::post(enqueue))
+            .with_state(Ctx {
+                state: state.clone(),
+                script: script.clone(),
+            });
+        let server = Server::start(router, addr)
+            .await
+            .expect("starting the fake PagerDuty");
+        FakePagerDuty {
+            server,
+            state,
+            script,
+        }
     }
 
     /// The Events API URL.
@@ -192,15 +233,24 @@ mod tests {
 
     #[test]
     fn the_documented_events_validate() {
-        let mut trigger: Value = serde_json::from_str(include_str!("../../fixtures/real/pagerduty/events-v2-trigger-doc-example.json")).expect("json");
+        let mut trigger: Value = serde_json::from_str(include_str!(
+            "../../fixtures/real/pagerduty/events-v2-trigger-doc-example.json"
+        ))
+        .expect("json");
         // The doc's placeholder key is not 32 characters; everything else is valid.
         assert_eq!(validate(&trigger).len(), 1);
         trigger["routing_key"] = json!("R".repeat(32));
         assert!(validate(&trigger).is_empty());
-        let mut resolve: Value = serde_json::from_str(include_str!("../../fixtures/real/pagerduty/events-v2-resolve-doc-example.json")).expect("json");
+        let mut resolve: Value = serde_json::from_str(include_str!(
+            "../../fixtures/real/pagerduty/events-v2-resolve-doc-example.json"
+        ))
+        .expect("json");
         resolve["routing_key"] = json!("R".repeat(32));
         assert!(validate(&resolve).is_empty());
-        let mut falco: Value = serde_json::from_str(include_str!("../../fixtures/real/pagerduty/falcosidekick-pagerduty-event-from-falco.json")).expect("json");
+        let mut falco: Value = serde_json::from_str(include_str!(
+            "../../fixtures/real/pagerduty/falcosidekick-pagerduty-event-from-falco.json"
+        ))
+        .expect("json");
         falco["routing_key"] = json!("R".repeat(32));
         assert!(validate(&falco).is_empty());
     }

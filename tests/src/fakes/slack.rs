@@ -70,16 +70,26 @@ async fn post(State(cx): State<Ctx>, uri: axum::http::Uri, body: Bytes) -> Respo
     let now = Instant::now();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut st = lock(&cx.state);
-    let mut msg = Message { at: now, path: uri.path().to_string(), body: parsed.clone(), status: 200 };
+    let mut msg = Message {
+        at: now,
+        path: uri.path().to_string(),
+        body: parsed.clone(),
+        status: 200,
+    };
     let reply = cx.script.next();
     let (status, text, retry_after): (u16, &str, Option<u64>) = match reply {
         Some(Reply::Status(s, t)) => (s, t, None),
         Some(Reply::RateLimited(secs)) => (429, "rate_limited", Some(secs)),
-        None if parsed.get("text").is_none() && parsed.get("blocks").is_none() && parsed.get("attachments").is_none() => {
+        None if parsed.get("text").is_none()
+            && parsed.get("blocks").is_none()
+            && parsed.get("attachments").is_none() =>
+        {
             (400, "invalid_payload", None)
         }
         None => match (st.rate_limit, st.last_ok) {
-            (Some(limit), Some(last)) if now.duration_since(last) < limit => (429, "rate_limited", Some(limit.as_secs().max(1))),
+            (Some(limit), Some(last)) if now.duration_since(last) < limit => {
+                (429, "rate_limited", Some(limit.as_secs().max(1)))
+            }
             _ => (200, "ok", None),
         },
     };
@@ -90,7 +100,15 @@ async fn post(State(cx): State<Ctx>, uri: axum::http::Uri, body: Bytes) -> Respo
     st.messages.push(msg);
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match retry_after {
-        Some(s) => (code, [("retry-after", s.to_string()), ("content-type", "text/plain".to_string())], text.to_string()).into_response(),
+        Some(s) => (
+            code,
+            [
+                ("retry-after", s.to_string()),
+                ("content-type", "text/plain".to_string()),
+            ],
+            text.to_string(),
+        )
+            .into_response(),
         None => (code, [("content-type", "text/plain")], text.to_string()).into_response(),
     }
 }
@@ -100,14 +118,28 @@ impl FakeSlack {
     pub async fn start(addr: std::net::SocketAddr) -> FakeSlack {
         let state = Arc::new(Mutex::new(SlackState::default()));
         let script = Arc::new(Script::default());
-        let router = axum::Router::new().fallback(axum::routing::post(post)).with_state(Ctx { state: state.clone(), script: script.clone() });
-        let server = Server::start(router, addr).await.expect("starting the fake Slack");
-        FakeSlack { server, state, script }
+        let router = axum::Router::new()
+            .fallback(axum::routing::post(post))
+            .with_state(Ctx {
+                state: state.clone(),
+                script: script.clone(),
+            });
+        let server = Server::start(router, addr)
+            .await
+            .expect("starting the fake Slack");
+        FakeSlack {
+            server,
+            state,
+            script,
+        }
     }
 
     /// A webhook URL on this fake.
     pub fn webhook_url(&self) -> String {
-        format!("{}/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX", self.server.url())
+        format!(
+            "{}/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            self.server.url()
+        )
     }
 
     /// Messages received.
@@ -117,6 +149,9 @@ impl FakeSlack {
 
     /// Messages answered `200 ok`.
     pub fn accepted(&self) -> Vec<Message> {
-        self.messages().into_iter().filter(|m| m.status == 200).collect()
+        self.messages()
+            .into_iter()
+            .filter(|m| m.status == 200)
+            .collect()
     }
 }

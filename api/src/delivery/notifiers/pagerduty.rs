@@ -44,8 +44,18 @@ pub struct PagerDuty {
 impl PagerDuty {
     /// A notifier for one routing key. `source` overrides the event source (default: the
     /// findings' cluster, else `gpusiem`).
-    pub fn new(client: reqwest::Client, url: String, routing_key: Secret, source: Option<String>) -> PagerDuty {
-        PagerDuty { client, url, routing_key, source }
+    pub fn new(
+        client: reqwest::Client,
+        url: String,
+        routing_key: Secret,
+        source: Option<String>,
+    ) -> PagerDuty {
+        PagerDuty {
+            client,
+            url,
+            routing_key,
+            source,
+        }
     }
 
     /// The event body for an alert.
@@ -60,7 +70,14 @@ pub fn event(a: &Alert, routing_key: &str, source: Option<&str>) -> Value {
         return json!({"routing_key": routing_key, "event_action": "resolve", "dedup_key": a.group_key});
     }
     let first = a.findings.first();
-    let summary = plain(&format!("{} {}", a.title(), first.map(|f| f.summary.as_str()).unwrap_or("")), 1024);
+    let summary = plain(
+        &format!(
+            "{} {}",
+            a.title(),
+            first.map(|f| f.summary.as_str()).unwrap_or("")
+        ),
+        1024,
+    );
     let source = source
         .map(str::to_string)
         .or_else(|| first.and_then(|f| f.cluster.clone()))
@@ -87,7 +104,11 @@ pub fn event(a: &Alert, routing_key: &str, source: Option<&str>) -> Value {
             "not_shown": a.truncated, "findings": findings,
         },
     });
-    if let Some(d) = a.group_labels.get("detector").or(first.map(|f| &f.detector)) {
+    if let Some(d) = a
+        .group_labels
+        .get("detector")
+        .or(first.map(|f| &f.detector))
+    {
         payload["class"] = json!(plain(d, 255));
         payload["component"] = json!(plain(d, 255));
     }
@@ -128,7 +149,10 @@ mod tests {
             group_key: "ab".repeat(32),
             receiver: "pagerduty".into(),
             status,
-            group_labels: BTreeMap::from([("detector".into(), "miner_fingerprint".into()), ("namespace".into(), "research".into())]),
+            group_labels: BTreeMap::from([
+                ("detector".into(), "miner_fingerprint".into()),
+                ("namespace".into(), "research".into()),
+            ]),
             severity: Severity::Critical,
             firing: 1,
             resolved: 0,
@@ -147,16 +171,36 @@ mod tests {
         assert_eq!(t["payload"]["source"], "gpusiem");
         assert_eq!(t["payload"]["class"], "miner_fingerprint");
         assert_eq!(t["payload"]["timestamp"], "1970-01-01T00:00:01.000Z");
-        assert!(t["payload"]["summary"].as_str().expect("summary").starts_with("[FIRING:1] miner_fingerprint"));
+        assert!(
+            t["payload"]["summary"]
+                .as_str()
+                .expect("summary")
+                .starts_with("[FIRING:1] miner_fingerprint")
+        );
         let r = event(&alert(Status::Resolved), "R", None);
-        assert_eq!(r, json!({"routing_key": "R", "event_action": "resolve", "dedup_key": "ab".repeat(32)}));
+        assert_eq!(
+            r,
+            json!({"routing_key": "R", "event_action": "resolve", "dedup_key": "ab".repeat(32)})
+        );
         // The same shape as PagerDuty's documented trigger example.
-        let doc: Value = serde_json::from_str(include_str!("../../../../tests/fixtures/real/pagerduty/events-v2-trigger-doc-example.json")).expect("fixture");
+        let doc: Value = serde_json::from_str(include_str!(
+            "../../../../tests/fixtures/real/pagerduty/events-v2-trigger-doc-example.json"
+        ))
+        .expect("fixture");
         for key in ["routing_key", "event_action", "dedup_key", "payload"] {
             assert!(doc.get(key).is_some() && t.get(key).is_some(), "{key}");
         }
-        for key in ["summary", "source", "severity", "timestamp", "custom_details"] {
-            assert!(doc["payload"].get(key).is_some() && t["payload"].get(key).is_some(), "{key}");
+        for key in [
+            "summary",
+            "source",
+            "severity",
+            "timestamp",
+            "custom_details",
+        ] {
+            assert!(
+                doc["payload"].get(key).is_some() && t["payload"].get(key).is_some(),
+                "{key}"
+            );
         }
     }
 

@@ -35,8 +35,18 @@ pub struct Slack {
 
 impl Slack {
     /// A notifier posting to the webhook URL.
-    pub fn new(client: reqwest::Client, webhook_url: Secret, min_interval: Duration, max_findings: usize) -> Slack {
-        Slack { client, webhook_url, min_interval, max_findings }
+    pub fn new(
+        client: reqwest::Client,
+        webhook_url: Secret,
+        min_interval: Duration,
+        max_findings: usize,
+    ) -> Slack {
+        Slack {
+            client,
+            webhook_url,
+            min_interval,
+            max_findings,
+        }
     }
 }
 
@@ -70,7 +80,11 @@ fn finding_line(f: &Finding) -> String {
     if !f.mitre.is_empty() {
         where_.push(e(&f.mitre.join(", ")));
     }
-    let state = if f.status == Status::Resolved { " (resolved)" } else { "" };
+    let state = if f.status == Status::Resolved {
+        " (resolved)"
+    } else {
+        ""
+    };
     format!(
         "*{}*{} {}\n{} · role `{}` · id `{}`",
         f.severity.as_str(),
@@ -107,7 +121,12 @@ pub fn payload(a: &Alert, max_findings: usize) -> Value {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
     }
     let more = a.truncated + (a.findings.len() - shown);
-    let mut context = format!("{} firing · {} resolved · gpusiem · group `{}`", a.firing, a.resolved, &a.group_key[..a.group_key.len().min(12)]);
+    let mut context = format!(
+        "{} firing · {} resolved · gpusiem · group `{}`",
+        a.firing,
+        a.resolved,
+        &a.group_key[..a.group_key.len().min(12)]
+    );
     if more > 0 {
         context = format!("…and {more} more · {context}");
     }
@@ -118,7 +137,13 @@ pub fn payload(a: &Alert, max_findings: usize) -> Value {
 impl Notifier for Slack {
     async fn notify(&self, alert: &Alert) -> Outcome {
         let body = payload(alert, self.max_findings);
-        let resp = match self.client.post(self.webhook_url.expose()).json(&body).send().await {
+        let resp = match self
+            .client
+            .post(self.webhook_url.expose())
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(Failure::from_transport("slack", e)),
         };
@@ -176,7 +201,10 @@ mod tests {
             group_key: "k".repeat(64),
             receiver: "slack".into(),
             status: Status::Firing,
-            group_labels: BTreeMap::from([("detector".into(), "gpu_memory_spike".into()), ("namespace".into(), "shop".into())]),
+            group_labels: BTreeMap::from([
+                ("detector".into(), "gpu_memory_spike".into()),
+                ("namespace".into(), "shop".into()),
+            ]),
             severity: gpusiem_detect::Severity::High,
             firing: n,
             resolved: 0,
@@ -188,13 +216,30 @@ mod tests {
 
     #[test]
     fn payload_has_text_blocks_and_no_injection() {
-        let p = payload(&alert("miner <!channel> at <http://evil.example|here> & more", 25), 10);
+        let p = payload(
+            &alert("miner <!channel> at <http://evil.example|here> & more", 25),
+            10,
+        );
         let text = p.to_string();
-        assert!(!text.contains("<!channel>") && !text.contains("<!here>") && !text.contains("<http"), "{text}");
+        assert!(
+            !text.contains("<!channel>") && !text.contains("<!here>") && !text.contains("<http"),
+            "{text}"
+        );
         assert!(text.contains("&lt;!channel&gt;"));
-        assert!(p["text"].as_str().expect("text").starts_with("[FIRING:25] gpu_memory_spike namespace=shop"));
+        assert!(
+            p["text"]
+                .as_str()
+                .expect("text")
+                .starts_with("[FIRING:25] gpu_memory_spike namespace=shop")
+        );
         let blocks = p["blocks"].as_array().expect("blocks");
         assert_eq!(blocks.len(), 1 + 1 + 10 + 1);
-        assert!(blocks.last().expect("context").to_string().contains("and 15 more"));
+        assert!(
+            blocks
+                .last()
+                .expect("context")
+                .to_string()
+                .contains("and 15 more")
+        );
     }
 }

@@ -80,8 +80,18 @@ pub fn falco_event(f: &Finding) -> Value {
 
 impl WebhookNotifier {
     /// A notifier posting to `url`.
-    pub fn new(client: reqwest::Client, url: String, format: WebhookFormat, bearer: Option<Secret>) -> WebhookNotifier {
-        WebhookNotifier { client, url, format, bearer }
+    pub fn new(
+        client: reqwest::Client,
+        url: String,
+        format: WebhookFormat,
+        bearer: Option<Secret>,
+    ) -> WebhookNotifier {
+        WebhookNotifier {
+            client,
+            url,
+            format,
+            bearer,
+        }
     }
 
     async fn post(&self, body: &Value) -> Outcome {

@@ -78,7 +78,11 @@ pub fn ecs_severity(s: Severity) -> u8 {
 
 /// The document `_id` of one emission: the finding id for the first, `<id>.<revision>` after.
 pub fn document_id(f: &Finding) -> String {
-    if f.revision == 0 { f.id.clone() } else { format!("{}.{}", f.id, f.revision) }
+    if f.revision == 0 {
+        f.id.clone()
+    } else {
+        format!("{}.{}", f.id, f.revision)
+    }
 }
 
 #[derive(Serialize)]
@@ -207,16 +211,29 @@ fn doc(f: &Finding) -> Doc<'_> {
             start: rfc3339_millis(f.ts),
             end: resolved.then(|| rfc3339_millis(f.last_ts)),
         },
-        rule: Rule { id: &f.detector, name: &f.detector, ruleset: "gpusiem" },
-        orchestrator: (f.cluster.is_some() || f.namespace.is_some() || f.pod.is_some()).then(|| Orchestrator {
-            kind: "kubernetes",
-            cluster: f.cluster.as_deref().map(|name| Named { name }),
-            namespace: f.namespace.as_deref(),
-            resource: f.pod.as_deref().map(|name| Resource { kind: "pod", name, id: f.pod_uid.as_deref() }),
-        }),
+        rule: Rule {
+            id: &f.detector,
+            name: &f.detector,
+            ruleset: "gpusiem",
+        },
+        orchestrator: (f.cluster.is_some() || f.namespace.is_some() || f.pod.is_some()).then(
+            || Orchestrator {
+                kind: "kubernetes",
+                cluster: f.cluster.as_deref().map(|name| Named { name }),
+                namespace: f.namespace.as_deref(),
+                resource: f.pod.as_deref().map(|name| Resource {
+                    kind: "pod",
+                    name,
+                    id: f.pod_uid.as_deref(),
+                }),
+            },
+        ),
         container: f.container.as_deref().map(|name| Named { name }),
         host: f.node.as_deref().map(|name| Named { name }),
-        threat: (!f.mitre.is_empty()).then(|| Threat { framework: "MITRE ATT&CK", technique: Technique { id: &f.mitre } }),
+        threat: (!f.mitre.is_empty()).then(|| Threat {
+            framework: "MITRE ATT&CK",
+            technique: Technique { id: &f.mitre },
+        }),
         gpu: f.gpu_uuid.as_deref().map(|uuid| Gpu { uuid }),
         related: f.node.as_deref().map(|n| Related { hosts: [n] }),
         gpusiem: Custom {
@@ -300,8 +317,22 @@ struct BulkError {
 
 impl Elasticsearch {
     /// A sink writing to `url` (the cluster's base URL).
-    pub fn new(client: reqwest::Client, url: &str, index: String, mode: IndexMode, auth: EsAuth, install_template: bool) -> Elasticsearch {
-        Elasticsearch { client, base: url.trim_end_matches('/').to_string(), index, mode, auth, install_template }
+    pub fn new(
+        client: reqwest::Client,
+        url: &str,
+        index: String,
+        mode: IndexMode,
+        auth: EsAuth,
+        install_template: bool,
+    ) -> Elasticsearch {
+        Elasticsearch {
+            client,
+            base: url.trim_end_matches('/').to_string(),
+            index,
+            mode,
+            auth,
+            install_template,
+        }
     }
 
     /// The index or data stream a finding goes to.
@@ -311,8 +342,15 @@ impl Elasticsearch {
             IndexMode::DatedIndex => {
                 let now = gpusiem_ingest::source::now_nanos();
                 // Clamp: not before 2000, not after tomorrow.
-                let ts = f.last_ts.clamp(946_684_800_000_000_000, now.saturating_add(86_400_000_000_000));
-                format!("{}-{}", self.index, chrono::DateTime::from_timestamp_nanos(ts).format("%Y.%m.%d"))
+                let ts = f.last_ts.clamp(
+                    946_684_800_000_000_000,
+                    now.saturating_add(86_400_000_000_000),
+                );
+                format!(
+                    "{}-{}",
+                    self.index,
+                    chrono::DateTime::from_timestamp_nanos(ts).format("%Y.%m.%d")
+                )
             }
         }
     }
@@ -335,7 +373,16 @@ impl Elasticsearch {
         for f in findings {
             let index = self.index_for(f);
             let id = document_id(f);
-            serde_json::to_writer(&mut out, &Create { create: Meta { index: &index, id: &id } }).expect("an action serialises");
+            serde_json::to_writer(
+                &mut out,
+                &Create {
+                    create: Meta {
+                        index: &index,
+                        id: &id,
+                    },
+                },
+            )
+            .expect("an action serialises");
             out.push(b'\n');
             serde_json::to_writer(&mut out, &doc(f)).expect("a document serialises");
             out.push(b'\n');
@@ -346,8 +393,13 @@ impl Elasticsearch {
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.auth {
             EsAuth::None => req,
-            EsAuth::ApiKey(key) => req.header(reqwest::header::AUTHORIZATION, format!("ApiKey {}", key.expose())),
-            EsAuth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+            EsAuth::ApiKey(key) => req.header(
+                reqwest::header::AUTHORIZATION,
+                format!("ApiKey {}", key.expose()),
+            ),
+            EsAuth::Basic { username, password } => {
+                req.basic_auth(username, Some(password.expose()))
+            }
         }
     }
 }
@@ -359,7 +411,9 @@ pub fn parse_bulk_response(body: &[u8], n: usize) -> Option<Outcome> {
         return Some(Outcome::Delivered);
     }
     if r.items.len() != n {
-        return Some(Outcome::Items(r.items.iter().map(|_| ItemOutcome::Delivered).collect()));
+        return Some(Outcome::Items(
+            r.items.iter().map(|_| ItemOutcome::Delivered).collect(),
+        ));
     }
     let results = r
         .items
@@ -368,15 +422,25 @@ pub fn parse_bulk_response(body: &[u8], n: usize) -> Option<Outcome> {
             let Some((_, it)) = item.into_iter().next() else {
                 return ItemOutcome::Retry("empty bulk item".into());
             };
-            let status = reqwest::StatusCode::from_u16(it.status).unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+            let status = reqwest::StatusCode::from_u16(it.status)
+                .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
             if status.is_success() || status == reqwest::StatusCode::CONFLICT {
                 return ItemOutcome::Delivered;
             }
             let why = match &it.error {
-                Some(e) => format!("elasticsearch item {}: {}: {}", it.status, e.kind, excerpt(e.reason.as_bytes())),
+                Some(e) => format!(
+                    "elasticsearch item {}: {}: {}",
+                    it.status,
+                    e.kind,
+                    excerpt(e.reason.as_bytes())
+                ),
                 None => format!("elasticsearch item {}", it.status),
             };
-            if is_retryable(status) { ItemOutcome::Retry(why) } else { ItemOutcome::Reject(why) }
+            if is_retryable(status) {
+                ItemOutcome::Retry(why)
+            } else {
+                ItemOutcome::Reject(why)
+            }
         })
         .collect();
     Some(Outcome::Items(results))
@@ -388,8 +452,13 @@ impl Sink for Elasticsearch {
             return Ok(());
         }
         let url = format!("{}/_index_template/{}", self.base, self.index);
-        let req = self.authorize(self.client.put(&url)).json(&template(&self.index, self.mode));
-        let resp = req.send().await.map_err(|e| Failure::from_transport("elasticsearch", e))?;
+        let req = self
+            .authorize(self.client.put(&url))
+            .json(&template(&self.index, self.mode));
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Failure::from_transport("elasticsearch", e))?;
         let status = resp.status();
         if status.is_success() {
             tracing::info!(index = %self.index, "elasticsearch index template installed");
@@ -397,13 +466,24 @@ impl Sink for Elasticsearch {
         }
         let headers = resp.headers().clone();
         let body = resp.bytes().await.unwrap_or_default();
-        Err(Failure::from_status("elasticsearch (index template)", status, &headers, &body))
+        Err(Failure::from_status(
+            "elasticsearch (index template)",
+            status,
+            &headers,
+            &body,
+        ))
     }
 
     async fn send(&self, findings: &[Finding]) -> Outcome {
         let body = self.bulk_body(findings);
-        let url = format!("{}/_bulk?filter_path=errors,items.*.status,items.*.error", self.base);
-        let req = self.authorize(self.client.post(&url)).header(reqwest::header::CONTENT_TYPE, "application/x-ndjson").body(body);
+        let url = format!(
+            "{}/_bulk?filter_path=errors,items.*.status,items.*.error",
+            self.base
+        );
+        let req = self
+            .authorize(self.client.post(&url))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body);
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(Failure::from_transport("elasticsearch", e)),
@@ -415,14 +495,26 @@ impl Sink for Elasticsearch {
             Err(e) => return Outcome::Failed(Failure::from_transport("elasticsearch", e)),
         };
         if !status.is_success() {
-            return Outcome::Failed(Failure::from_status("elasticsearch", status, &headers, &body));
+            return Outcome::Failed(Failure::from_status(
+                "elasticsearch",
+                status,
+                &headers,
+                &body,
+            ));
         }
         match parse_bulk_response(&body, findings.len()) {
             Some(Outcome::Items(items)) if items.len() != findings.len() => {
-                Outcome::Failed(Failure::retry(format!("elasticsearch answered for {} of {} items", items.len(), findings.len())))
+                Outcome::Failed(Failure::retry(format!(
+                    "elasticsearch answered for {} of {} items",
+                    items.len(),
+                    findings.len()
+                )))
             }
             Some(o) => o,
-            None => Outcome::Failed(Failure::retry(format!("elasticsearch answered {status} with an unreadable body: {}", excerpt(&body)))),
+            None => Outcome::Failed(Failure::retry(format!(
+                "elasticsearch answered {status} with an unreadable body: {}",
+                excerpt(&body)
+            ))),
         }
     }
 
@@ -462,7 +554,16 @@ mod tests {
     }
 
     fn es(mode: IndexMode) -> Elasticsearch {
-        Elasticsearch::new(gpusiem_ingest::source::http_client_builder().build().expect("client"), "http://es:9200/", "gpusiem-findings".into(), mode, EsAuth::None, true)
+        Elasticsearch::new(
+            gpusiem_ingest::source::http_client_builder()
+                .build()
+                .expect("client"),
+            "http://es:9200/",
+            "gpusiem-findings".into(),
+            mode,
+            EsAuth::None,
+            true,
+        )
     }
 
     #[test]
@@ -486,9 +587,15 @@ mod tests {
         let body = es(IndexMode::DataStream).bulk_body(&[finding("a"), second]);
         let text = String::from_utf8(body).expect("utf8");
         assert!(text.ends_with('\n'));
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
         assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0], serde_json::json!({"create": {"_index": "gpusiem-findings", "_id": "a"}}));
+        assert_eq!(
+            lines[0],
+            serde_json::json!({"create": {"_index": "gpusiem-findings", "_id": "a"}})
+        );
         assert_eq!(lines[2]["create"]["_id"], "b.2");
         let dated = es(IndexMode::DatedIndex).index_for(&finding("a"));
         assert_eq!(dated, "gpusiem-findings-2024.05.07");
@@ -499,19 +606,43 @@ mod tests {
 
     #[test]
     fn real_bulk_responses_are_classified_per_item() {
-        let partial = include_bytes!("../../../../tests/fixtures/real/elasticsearch/bulk-response-partial-failure-doc-example.json");
-        let Some(Outcome::Items(items)) = parse_bulk_response(partial, 3) else { panic!("items") };
-        assert!(matches!(items[0], ItemOutcome::Reject(ref r) if r.contains("document_missing_exception")));
+        let partial = include_bytes!(
+            "../../../../tests/fixtures/real/elasticsearch/bulk-response-partial-failure-doc-example.json"
+        );
+        let Some(Outcome::Items(items)) = parse_bulk_response(partial, 3) else {
+            panic!("items")
+        };
+        assert!(
+            matches!(items[0], ItemOutcome::Reject(ref r) if r.contains("document_missing_exception"))
+        );
         assert_eq!(items[2], ItemOutcome::Delivered);
-        let ds = include_bytes!("../../../../tests/fixtures/real/elasticsearch/bulk-response-datastream-index-op-rejected.json");
-        let Some(Outcome::Items(items)) = parse_bulk_response(ds, 1) else { panic!("items") };
-        assert!(matches!(items[0], ItemOutcome::Reject(ref r) if r.contains("only write ops with an op_type of create")));
-        let item429 = std::str::from_utf8(include_bytes!("../../../../tests/fixtures/real/elasticsearch/bulk-item-429-write-queue-full.json")).expect("utf8");
-        let body = format!(r#"{{"errors":true,"items":[{item429},{{"create":{{"status":409,"error":{{"type":"version_conflict_engine_exception","reason":"exists"}}}}}}]}}"#);
-        let Some(Outcome::Items(items)) = parse_bulk_response(body.as_bytes(), 2) else { panic!("items") };
-        assert!(matches!(items[0], ItemOutcome::Retry(ref r) if r.contains("es_rejected_execution_exception")));
+        let ds = include_bytes!(
+            "../../../../tests/fixtures/real/elasticsearch/bulk-response-datastream-index-op-rejected.json"
+        );
+        let Some(Outcome::Items(items)) = parse_bulk_response(ds, 1) else {
+            panic!("items")
+        };
+        assert!(
+            matches!(items[0], ItemOutcome::Reject(ref r) if r.contains("only write ops with an op_type of create"))
+        );
+        let item429 = std::str::from_utf8(include_bytes!(
+            "../../../../tests/fixtures/real/elasticsearch/bulk-item-429-write-queue-full.json"
+        ))
+        .expect("utf8");
+        let body = format!(
+            r#"{{"errors":true,"items":[{item429},{{"create":{{"status":409,"error":{{"type":"version_conflict_engine_exception","reason":"exists"}}}}}}]}}"#
+        );
+        let Some(Outcome::Items(items)) = parse_bulk_response(body.as_bytes(), 2) else {
+            panic!("items")
+        };
+        assert!(
+            matches!(items[0], ItemOutcome::Retry(ref r) if r.contains("es_rejected_execution_exception"))
+        );
         assert_eq!(items[1], ItemOutcome::Delivered);
-        assert_eq!(parse_bulk_response(br#"{"took":3,"errors":false,"items":[]}"#, 5), Some(Outcome::Delivered));
+        assert_eq!(
+            parse_bulk_response(br#"{"took":3,"errors":false,"items":[]}"#, 5),
+            Some(Outcome::Delivered)
+        );
         assert_eq!(parse_bulk_response(b"<html>", 1), None);
     }
 

@@ -148,16 +148,34 @@ pub type Streams = BTreeMap<Vec<(&'static str, String)>, Vec<Entry>>;
 
 impl Loki {
     /// A sink pushing to `url` + [`PUSH_PATH`].
-    pub fn new(client: reqwest::Client, url: &str, tenant: Option<String>, encoding: LokiEncoding, max_line_bytes: usize, auth: LokiAuth) -> Loki {
+    pub fn new(
+        client: reqwest::Client,
+        url: &str,
+        tenant: Option<String>,
+        encoding: LokiEncoding,
+        max_line_bytes: usize,
+        auth: LokiAuth,
+    ) -> Loki {
         let push_url = format!("{}{}", url.trim_end_matches('/'), PUSH_PATH);
-        Loki { client, push_url, tenant, encoding, max_line_bytes, auth }
+        Loki {
+            client,
+            push_url,
+            tenant,
+            encoding,
+            max_line_bytes,
+            auth,
+        }
     }
 
     /// Groups findings into streams.
     pub fn streams(&self, findings: &[Finding]) -> Streams {
         let mut streams: Streams = BTreeMap::new();
         for f in findings {
-            let entry = Entry { ts: f.last_ts, line: line(f, self.max_line_bytes), metadata: metadata(f) };
+            let entry = Entry {
+                ts: f.last_ts,
+                line: line(f, self.max_line_bytes),
+                metadata: metadata(f),
+            };
             streams.entry(labels(f)).or_default().push(entry);
         }
         for entries in streams.values_mut() {
@@ -283,7 +301,13 @@ pub fn json_body(streams: &Streams) -> Vec<u8> {
                 stream: labels.iter().map(|(k, v)| (*k, v.as_str())).collect(),
                 values: entries
                     .iter()
-                    .map(|e| (e.ts.to_string(), e.line.as_str(), e.metadata.iter().map(|(k, v)| (*k, v.as_str())).collect()))
+                    .map(|e| {
+                        (
+                            e.ts.to_string(),
+                            e.line.as_str(),
+                            e.metadata.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+                        )
+                    })
                     .collect(),
             })
             .collect(),
@@ -324,12 +348,18 @@ pub fn protobuf_body(streams: &Streams) -> Vec<u8> {
                 entries: entries
                     .iter()
                     .map(|e| proto::EntryAdapter {
-                        timestamp: Some(proto::Timestamp { seconds: e.ts.div_euclid(1_000_000_000), nanos: e.ts.rem_euclid(1_000_000_000) as i32 }),
+                        timestamp: Some(proto::Timestamp {
+                            seconds: e.ts.div_euclid(1_000_000_000),
+                            nanos: e.ts.rem_euclid(1_000_000_000) as i32,
+                        }),
                         line: e.line.clone(),
                         structured_metadata: e
                             .metadata
                             .iter()
-                            .map(|(k, v)| proto::LabelPairAdapter { name: (*k).to_string(), value: v.clone() })
+                            .map(|(k, v)| proto::LabelPairAdapter {
+                                name: (*k).to_string(),
+                                value: v.clone(),
+                            })
                             .collect(),
                     })
                     .collect(),
@@ -338,19 +368,27 @@ pub fn protobuf_body(streams: &Streams) -> Vec<u8> {
             .collect(),
     };
     let raw = req.encode_to_vec();
-    snap::raw::Encoder::new().compress_vec(&raw).expect("snappy compresses any buffer below 4 GiB")
+    snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .expect("snappy compresses any buffer below 4 GiB")
 }
 
 impl Sink for Loki {
     async fn send(&self, findings: &[Finding]) -> Outcome {
         let (body, content_type) = self.body(findings);
-        let mut req = self.client.post(&self.push_url).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+        let mut req = self
+            .client
+            .post(&self.push_url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
         if let Some(t) = &self.tenant {
             req = req.header("X-Scope-OrgID", t);
         }
         req = match &self.auth {
             LokiAuth::None => req,
-            LokiAuth::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+            LokiAuth::Basic { username, password } => {
+                req.basic_auth(username, Some(password.expose()))
+            }
             LokiAuth::Bearer(token) => req.bearer_auth(token.expose()),
         };
         let resp = match req.send().await {
@@ -402,25 +440,48 @@ mod tests {
     }
 
     fn loki(encoding: LokiEncoding) -> Loki {
-        Loki::new(gpusiem_ingest::source::http_client_builder().build().expect("client"), "http://loki:3100/", Some("t".into()), encoding, 250_000, LokiAuth::None)
+        Loki::new(
+            gpusiem_ingest::source::http_client_builder()
+                .build()
+                .expect("client"),
+            "http://loki:3100/",
+            Some("t".into()),
+            encoding,
+            250_000,
+            LokiAuth::None,
+        )
     }
 
     #[test]
     fn json_body_has_fixed_labels_string_timestamps_and_metadata() {
-        let body = loki(LokiEncoding::Json).body(&[finding("b", Some("ml"), 2_000), finding("a", Some("ml"), 1_000), finding("c", None, 5)]).0;
+        let body = loki(LokiEncoding::Json)
+            .body(&[
+                finding("b", Some("ml"), 2_000),
+                finding("a", Some("ml"), 1_000),
+                finding("c", None, 5),
+            ])
+            .0;
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         let streams = v["streams"].as_array().expect("streams");
         assert_eq!(streams.len(), 2);
         for s in streams {
             let keys: Vec<&String> = s["stream"].as_object().expect("labels").keys().collect();
-            assert!(keys.iter().all(|k| ["source", "severity", "detector", "namespace"].contains(&k.as_str())), "{keys:?}");
+            assert!(
+                keys.iter()
+                    .all(|k| ["source", "severity", "detector", "namespace"].contains(&k.as_str())),
+                "{keys:?}"
+            );
         }
-        let ml = streams.iter().find(|s| s["stream"]["namespace"] == "ml").expect("ml stream");
+        let ml = streams
+            .iter()
+            .find(|s| s["stream"]["namespace"] == "ml")
+            .expect("ml stream");
         assert_eq!(ml["values"][0][0], "1000");
         assert_eq!(ml["values"][1][0], "2000");
         assert_eq!(ml["values"][0][2]["pod"], "web-1");
         assert_eq!(ml["values"][0][2]["gpu_uuid"], "GPU-716284d3");
-        let line: serde_json::Value = serde_json::from_str(ml["values"][0][1].as_str().expect("line")).expect("line json");
+        let line: serde_json::Value =
+            serde_json::from_str(ml["values"][0][1].as_str().expect("line")).expect("line json");
         assert_eq!(line["id"], "a");
     }
 
@@ -444,13 +505,28 @@ mod tests {
         let mut f = finding("a", Some("we\"ird\\ns"), 1_500_000_000_123_456_789);
         f.pod = Some("p\nq".into());
         let body = loki(LokiEncoding::Protobuf).body(&[f]).0;
-        let raw = snap::raw::Decoder::new().decompress_vec(&body).expect("snappy");
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&body)
+            .expect("snappy");
         let req = proto::PushRequest::decode(raw.as_slice()).expect("proto");
         assert_eq!(req.streams.len(), 1);
         let s = &req.streams[0];
-        assert_eq!(s.labels, r#"{detector="gpu_memory_spike", namespace="we\"ird\\ns", severity="high", source="gpusiem"}"#);
+        assert_eq!(
+            s.labels,
+            r#"{detector="gpu_memory_spike", namespace="we\"ird\\ns", severity="high", source="gpusiem"}"#
+        );
         let e = &s.entries[0];
-        assert_eq!(e.timestamp, Some(proto::Timestamp { seconds: 1_500_000_000, nanos: 123_456_789 }));
-        assert!(e.structured_metadata.iter().any(|p| p.name == "pod" && p.value == "p q"));
+        assert_eq!(
+            e.timestamp,
+            Some(proto::Timestamp {
+                seconds: 1_500_000_000,
+                nanos: 123_456_789
+            })
+        );
+        assert!(
+            e.structured_metadata
+                .iter()
+                .any(|p| p.name == "pod" && p.value == "p q")
+        );
     }
 }

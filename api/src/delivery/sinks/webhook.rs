@@ -21,7 +21,11 @@ pub struct WebhookSink {
 impl WebhookSink {
     /// A sink posting to `url`, with an optional bearer token.
     pub fn new(client: reqwest::Client, url: String, bearer: Option<Secret>) -> WebhookSink {
-        WebhookSink { client, url, bearer }
+        WebhookSink {
+            client,
+            url,
+            bearer,
+        }
     }
 }
 
@@ -29,9 +33,15 @@ impl Sink for WebhookSink {
     async fn send(&self, findings: &[Finding]) -> Outcome {
         let body = match serde_json::to_vec(findings) {
             Ok(b) => b,
-            Err(e) => return Outcome::Failed(Failure::reject(format!("cannot encode findings: {e}"))),
+            Err(e) => {
+                return Outcome::Failed(Failure::reject(format!("cannot encode findings: {e}")));
+            }
         };
-        let mut req = self.client.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(t) = &self.bearer {
             req = req.bearer_auth(t.expose());
         }
