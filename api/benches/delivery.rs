@@ -44,11 +44,19 @@ fn finding(n: u64, now_ns: i64) -> Finding {
         id: format!("{n:032x}"),
         ts: now_ns,
         last_ts: now_ns,
-        detector: if n % 3 == 0 { "miner_fingerprint" } else { "gpu_memory_spike" }.into(),
+        detector: if n % 3 == 0 {
+            "miner_fingerprint"
+        } else {
+            "gpu_memory_spike"
+        }
+        .into(),
         severity: Severity::High,
         status: Status::Firing,
         revision: 0,
-        summary: format!("GPU memory on GPU-716284d3 rose 25715 MiB over its baseline of 0 MiB within 0.501 s on pod shop/web-{}", n % 97),
+        summary: format!(
+            "GPU memory on GPU-716284d3 rose 25715 MiB over its baseline of 0 MiB within 0.501 s on pod shop/web-{}",
+            n % 97
+        ),
         cluster: Some("prod-gpu".into()),
         namespace: Some(format!("ns-{}", n % 7)),
         pod: Some(format!("web-{}", n % 97)),
@@ -60,7 +68,10 @@ fn finding(n: u64, now_ns: i64) -> Finding {
         role_reason: "no nvidia.com/gpu request".into(),
         mitre: vec!["T1496".into()],
         evidence: serde_json::json!({"baseline_mib": 0.0, "peak_mib": 25715.0, "deviations": 401.8, "window_secs": 120}),
-        event_ids: vec![format!("gpu_metrics:GPU-716284d3/shop/web-{}@{now_ns}", n % 97)],
+        event_ids: vec![format!(
+            "gpu_metrics:GPU-716284d3/shop/web-{}@{now_ns}",
+            n % 97
+        )],
     }
 }
 
@@ -78,7 +89,12 @@ struct Meta {
 async fn es_bulk(State(acks): State<Arc<Acks>>, body: Bytes) -> impl IntoResponse {
     let mut ids = Vec::new();
     let mut items = String::from("{\"took\":1,\"errors\":false,\"items\":[");
-    for (i, line) in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).step_by(2).enumerate() {
+    for (i, line) in body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .step_by(2)
+        .enumerate()
+    {
         if let Ok(a) = serde_json::from_slice::<Action>(line) {
             ids.push(u64::from_str_radix(&a.create.id, 16).unwrap_or(u64::MAX));
         }
@@ -88,12 +104,18 @@ async fn es_bulk(State(acks): State<Arc<Acks>>, body: Bytes) -> impl IntoRespons
         items.push_str("{\"create\":{\"status\":201}}");
     }
     items.push_str("]}");
-    acks.es.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), ids));
+    acks.es
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((Instant::now(), ids));
     ([("content-type", "application/json")], items)
 }
 
 async fn es_template() -> impl IntoResponse {
-    ([("content-type", "application/json")], "{\"acknowledged\":true}")
+    (
+        [("content-type", "application/json")],
+        "{\"acknowledged\":true}",
+    )
 }
 
 async fn loki_push(State(acks): State<Arc<Acks>>, _body: Bytes) -> impl IntoResponse {
@@ -102,7 +124,9 @@ async fn loki_push(State(acks): State<Arc<Acks>>, _body: Bytes) -> impl IntoResp
 }
 
 async fn serve(router: axum::Router) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(l, router).await;
@@ -127,7 +151,12 @@ async fn setup() -> Run {
             .with_state(acks.clone()),
     )
     .await;
-    let loki = serve(axum::Router::new().route("/loki/api/v1/push", axum::routing::post(loki_push)).with_state(acks.clone())).await;
+    let loki = serve(
+        axum::Router::new()
+            .route("/loki/api/v1/push", axum::routing::post(loki_push))
+            .with_state(acks.clone()),
+    )
+    .await;
     let dir = tempfile::tempdir().expect("tmp");
     let toml = format!(
         r#"
@@ -150,18 +179,48 @@ buffer = {{ max_bytes = 1073741824, segment_max_bytes = 67108864 }}
     assert!(config.validate().is_empty(), "{:?}", config.validate());
     let metrics = DeliveryMetrics::default();
     let shutdown = CancellationToken::new();
-    let cx = DeliveryContext { data_dir: dir.path().to_path_buf(), metrics: metrics.clone(), shutdown: shutdown.clone(), clock: Clock::Wall };
-    let delivery = Delivery::start(&config.sinks, &config.notifiers, &config.routing, cx).await.expect("delivery");
-    Run { delivery, metrics, acks, shutdown, _dir: dir }
+    let cx = DeliveryContext {
+        data_dir: dir.path().to_path_buf(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        clock: Clock::Wall,
+    };
+    let delivery = Delivery::start(&config.sinks, &config.notifiers, &config.routing, cx)
+        .await
+        .expect("delivery");
+    Run {
+        delivery,
+        metrics,
+        acks,
+        shutdown,
+        _dir: dir,
+    }
 }
 
 fn delivered(r: &Run) -> (u64, u64) {
-    (r.metrics.accounting("sink:elasticsearch").delivered, r.metrics.accounting("sink:loki").delivered)
+    (
+        r.metrics.accounting("sink:elasticsearch").delivered,
+        r.metrics.accounting("sink:loki").delivered,
+    )
 }
 
+/// Waits until both sinks acknowledged all `n`; a finding that settles otherwise (dead-lettered,
+/// dropped) or a stall of 60 s ends the benchmark with the accounting, not a hang.
 async fn wait_all(r: &Run, n: u64) {
-    while delivered(r) != (n, n) {
+    let mut last = (delivered(r), Instant::now());
+    while delivered(r).0 < n || delivered(r).1 < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = delivered(r);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        let es = r.metrics.accounting("sink:elasticsearch");
+        let loki = r.metrics.accounting("sink:loki");
+        let lost = es.dead_lettered + es.dropped + loki.dead_lettered + loki.dropped;
+        if lost > 0 || last.1.elapsed() > Duration::from_secs(60) {
+            eprintln!("delivery stalled or lost findings: elasticsearch {es:?}, loki {loki:?}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -174,13 +233,21 @@ async fn throughput(n: u64) {
     let start = Instant::now();
     let mut i = 0;
     while i < n {
-        let batch: Vec<Finding> = (i..(i + 1000).min(n)).map(|k| finding(k, now_ns())).collect();
+        let batch: Vec<Finding> = (i..(i + 1000).min(n))
+            .map(|k| finding(k, now_ns()))
+            .collect();
         r.delivery.enqueue(&batch).await.expect("enqueue");
         i += batch.len() as u64;
     }
     let enqueued = start.elapsed();
     wait_all(&r, n).await;
     let elapsed = start.elapsed();
+    if delivered(&r) != (n, n) {
+        eprintln!(
+            "more acknowledged than sent (elasticsearch, loki): {:?}",
+            delivered(&r)
+        );
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -226,7 +293,11 @@ async fn latency(n: u64, rate: u64) {
         }
     }
     lat.sort_by(f64::total_cmp);
-    let q = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -242,15 +313,23 @@ async fn latency(n: u64, rate: u64) {
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: keep that quick.
-    let quick = std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench");
+    let quick =
+        std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench");
     let n = arg("--findings", if quick { 5_000 } else { 200_000 });
     let rate = arg("--rate", 50_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         throughput(n).await;
         latency(n, rate).await;

@@ -25,7 +25,46 @@ fn rules_100() -> RuleSet {
     rules.extend(sigmahq.iter().cloned());
     // Variants: the SigmaHQ rules retargeted at other resources, and Falco rules on other
     // processes and files — shapes a SOC adds, which mostly do not match.
-    let resources = ["configmaps", "services", "ingresses", "nodes", "persistentvolumeclaims", "statefulsets", "daemonsets", "replicasets", "leases", "endpoints", "networkpolicies", "podtemplates", "limitranges", "resourcequotas", "csinodes", "storageclasses", "priorityclasses", "runtimeclasses", "volumeattachments", "horizontalpodautoscalers", "poddisruptionbudgets", "certificatesigningrequests", "tokenreviews", "subjectaccessreviews", "customresourcedefinitions", "apiservices", "flowschemas", "prioritylevelconfigurations", "validatingadmissionpolicies", "validatingadmissionpolicybindings", "ipaddresses", "servicecidrs", "resourceclaims", "resourceslices", "deviceclasses", "leasecandidates", "controllerrevisions", "endpointslices"];
+    let resources = [
+        "configmaps",
+        "services",
+        "ingresses",
+        "nodes",
+        "persistentvolumeclaims",
+        "statefulsets",
+        "daemonsets",
+        "replicasets",
+        "leases",
+        "endpoints",
+        "networkpolicies",
+        "podtemplates",
+        "limitranges",
+        "resourcequotas",
+        "csinodes",
+        "storageclasses",
+        "priorityclasses",
+        "runtimeclasses",
+        "volumeattachments",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+        "certificatesigningrequests",
+        "tokenreviews",
+        "subjectaccessreviews",
+        "customresourcedefinitions",
+        "apiservices",
+        "flowschemas",
+        "prioritylevelconfigurations",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicybindings",
+        "ipaddresses",
+        "servicecidrs",
+        "resourceclaims",
+        "resourceslices",
+        "deviceclasses",
+        "leasecandidates",
+        "controllerrevisions",
+        "endpointslices",
+    ];
     let mut text = String::new();
     let mut n = 0;
     for r in resources {
@@ -82,7 +121,11 @@ fn falco(i: usize) -> serde_json::Value {
         0..=5 => ("Read sensitive file untrusted", "cat", "/etc/shadow"),
         6..=7 => ("Terminal shell in container", "bash", ""),
         8 => ("Container Accessing GPU Device", "python3", "/dev/nvidia0"),
-        _ => ("Unexpected outbound connection", "curl", "10.0.0.5:40000->93.184.216.34:443"),
+        _ => (
+            "Unexpected outbound connection",
+            "curl",
+            "10.0.0.5:40000->93.184.216.34:443",
+        ),
     };
     let ns = ["ml", "shop"][i % 2];
     json!({"uuid": format!("f{i}"), "rule": rule, "priority": "Warning", "time": ts(i), "source": "syscall", "hostname": "gpu-node-1",
@@ -100,7 +143,8 @@ fn batches(n: usize, make: fn(usize) -> serde_json::Value, stream: Stream) -> Ve
         text.push_str(&make(i).to_string());
         text.push('\n');
         if (i + 1) % BATCH == 0 || i + 1 == n {
-            let d = decode::decode(stream, text.as_bytes(), &DecodeContext::new(0)).expect("decode");
+            let d =
+                decode::decode(stream, text.as_bytes(), &DecodeContext::new(0)).expect("decode");
             assert!(d.quarantined.is_empty());
             out.push(d.batch);
             text.clear();
@@ -127,21 +171,39 @@ fn main() {
     let audit_batches = batches(n / 2, audit, Stream::K8sAudit);
     let falco_batches = batches(n / 2, falco, Stream::FalcoEvents);
 
-    // Throughput: interleaved audit and Falco batches, ten runs, best reported.
+    // Throughput: interleaved audit and Falco batches, ten runs, best reported. The rate per
+    // core is taken from the thread's CPU time, which a busy machine does not inflate; the
+    // wall-clock rate is printed beside it.
     let mut best = f64::MAX;
+    let mut best_cpu = f64::MAX;
     let mut findings = 0;
     for _ in 0..10 {
         let mut e = engine(set.clone());
         let mut out: Vec<Finding> = Vec::new();
         let start = Instant::now();
+        let cpu_start = thread_cpu_secs();
         for (a, f) in audit_batches.iter().zip(&falco_batches) {
             e.observe(Stream::K8sAudit, a, &mut out);
             e.observe(Stream::FalcoEvents, f, &mut out);
         }
         best = best.min(start.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (cpu_start, thread_cpu_secs()) {
+            best_cpu = best_cpu.min(b - a);
+        }
         findings = out.len();
     }
-    println!("throughput: {n} events, 100 rules: {:.0} events/s per core ({:.1} ms total, {findings} finding emissions)", n as f64 / best, best * 1e3);
+    let per_core = if best_cpu < f64::MAX { best_cpu } else { best };
+    println!(
+        "throughput: {n} events, 100 rules: {:.0} events/s per core on CPU time ({:.0} on wall-clock; {:.1} ms; {findings} finding emissions); target 500000: {}",
+        n as f64 / per_core,
+        n as f64 / best,
+        per_core * 1e3,
+        if n as f64 / per_core >= 500_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
 
     // Correlation latency at 30k events/s: batches of 300 events every 10 ms of event time,
     // with the incident's steps spread over pods; latency = the time the engine takes from a
@@ -180,20 +242,48 @@ fn main() {
                 falco_text.push('\n');
             }
         }
-        let a = decode::decode(Stream::K8sAudit, audit_text.as_bytes(), &DecodeContext::new(0)).expect("decode").batch;
-        let f = decode::decode(Stream::FalcoEvents, falco_text.as_bytes(), &DecodeContext::new(0)).expect("decode").batch;
+        let a = decode::decode(
+            Stream::K8sAudit,
+            audit_text.as_bytes(),
+            &DecodeContext::new(0),
+        )
+        .expect("decode")
+        .batch;
+        let f = decode::decode(
+            Stream::FalcoEvents,
+            falco_text.as_bytes(),
+            &DecodeContext::new(0),
+        )
+        .expect("decode")
+        .batch;
         let start = Instant::now();
         let before = out.len();
         e.observe(Stream::K8sAudit, &a, &mut out);
         e.observe(Stream::FalcoEvents, &f, &mut out);
         let ms = start.elapsed().as_secs_f64() * 1e3;
         lat.push(ms);
-        if out[before..].iter().any(|x| x.detector == "compromised_gpu_container") {
+        if out[before..]
+            .iter()
+            .any(|x| x.detector == "compromised_gpu_container")
+        {
             incident_lat.push(ms);
         }
     }
     let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
     let incidents = incident_lat.len();
-    let ip99 = if incident_lat.is_empty() { f64::NAN } else { percentile(&mut incident_lat, 0.99) };
-    println!("correlation at {rate} events/s: per-batch processing p50 {p50:.2} ms, p99 {p99:.2} ms; batches raising the incident: {incidents}, their p99 {ip99:.2} ms (plus up to 10 ms of batching)");
+    let ip99 = if incident_lat.is_empty() {
+        f64::NAN
+    } else {
+        percentile(&mut incident_lat, 0.99)
+    };
+    println!(
+        "correlation at {rate} events/s: per-batch processing p50 {p50:.2} ms, p99 {p99:.2} ms; batches raising the incident: {incidents}, their p99 {ip99:.2} ms (plus up to 10 ms of batching)"
+    );
+}
+
+/// Seconds the current thread has spent on a CPU (`/proc/thread-self/schedstat`, Linux).
+fn thread_cpu_secs() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
 }

@@ -33,7 +33,7 @@ use arrow::array::{
     TimestampNanosecondBuilder, UInt8Builder,
 };
 use arrow::datatypes::DataType;
-use gpusiem::query::{NamespaceScope, OutputFormat, QueryConfig, QueryEngine};
+use gpusiem::query::{NamespaceScope, QueryConfig, QueryEngine};
 use gpusiem::store::{FINDINGS, Store, StoreConfig};
 use gpusiem_detect::Role;
 use gpusiem_detect::finding::finding_id;
@@ -250,7 +250,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 )
                 .await
             {
-                Ok(out) => out.write(OutputFormat::Table, &mut std::io::stdout().lock())?,
+                Ok(out) => {
+                    // The plan column, as text: the table form pads every line to the longest.
+                    for b in &out.batches {
+                        let Ok(plan) =
+                            arrow::compute::cast(b.column(b.num_columns() - 1), &DataType::Utf8)
+                        else {
+                            continue;
+                        };
+                        if let Some(plan) =
+                            plan.as_any().downcast_ref::<arrow::array::StringArray>()
+                        {
+                            plan.iter().flatten().for_each(|line| println!("{line}"));
+                        }
+                    }
+                }
                 Err(e) => println!("error: {e}"),
             }
         }
