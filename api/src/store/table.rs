@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
-use arrow::compute::concat_batches;
+use arrow::array::{RecordBatch, RecordBatchOptions, UInt32Array, new_null_array};
+use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 
 use super::fs::{is_temp_name, remove_empty_dirs, remove_if_exists, sync_dir, walk_files};
@@ -133,7 +133,9 @@ pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
     let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     let b = RecordBatch::try_new_with_options(schema.clone(), cols, &opts)
         .map_err(|e| e.to_string())?;
-    concat_batches(schema, [&b]).map_err(|e| e.to_string())
+    // `take` writes new buffers; `concat` of one batch would hand back slices of the input.
+    let rows = u32::try_from(b.num_rows()).map_err(|_| "batch too large".to_string())?;
+    take_record_batch(&b, &UInt32Array::from_iter_values(0..rows)).map_err(|e| e.to_string())
 }
 
 fn rel_path(table_dir: &Path, path: &Path) -> Option<String> {
@@ -665,5 +667,40 @@ fn delete_segments_through(wal_dir: &Path, through: u64) {
         Err(e) => {
             tracing::warn!(dir = %wal_dir.display(), error = %e, "could not list WAL segments")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn a_slice_of_a_large_batch_is_copied_not_pinned() {
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("pod", DataType::Utf8, true)]));
+        let big =
+            StringArray::from_iter_values((0..10_000).map(|i| format!("pod-with-a-long-name-{i}")));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(big)]).expect("batch");
+        let slice = batch.slice(100, 50);
+        let out = conform(&slice, &schema).expect("conform");
+        assert_eq!(out.num_rows(), 50);
+        let pods = out
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("strings");
+        assert_eq!(pods.value(0), "pod-with-a-long-name-100");
+        // The copy holds 50 values, not the 10,000 of the batch it was sliced from.
+        assert!(
+            out.get_array_memory_size() * 20 < batch.get_array_memory_size(),
+            "{} vs {}",
+            out.get_array_memory_size(),
+            batch.get_array_memory_size()
+        );
     }
 }
