@@ -9,6 +9,8 @@ use arrow::array::{
 };
 use arrow::datatypes::DataType;
 
+use crate::time::parse_rfc3339_nanos;
+
 /// A JSON string that borrows from the input when it has no escapes.
 ///
 /// `Option<Cow<str>>` fields never borrow with serde's derive; a newtype around the `Cow` does.
@@ -235,6 +237,69 @@ pub(crate) fn estimate_lines(input: &[u8]) -> usize {
     }
 }
 
+/// Parses RFC 3339 timestamps as [`parse_rfc3339_nanos`] does, remembering the minute of the
+/// last one in UTC: the timestamps of a stream mostly share it, and then only the seconds are
+/// left to read.
+#[derive(Default)]
+pub(crate) struct Timestamps {
+    /// `YYYY-MM-DDTHH:MM` of a timestamp the full parser accepted, and the seconds from the epoch
+    /// to that minute.
+    minute: Option<([u8; 16], i64)>,
+}
+
+const NANOS_PER_SECOND: i64 = 1_000_000_000;
+
+impl Timestamps {
+    /// Nanoseconds since the epoch; `None` where [`parse_rfc3339_nanos`] gives `None`.
+    pub(crate) fn parse(&mut self, s: &str) -> Option<i64> {
+        let split = s.as_bytes().split_first_chunk::<16>();
+        if let (Some((minute, base)), Some((prefix, rest))) = (&self.minute, split)
+            && prefix == minute
+            && let Some((second, nanos)) = utc_seconds(rest)
+        {
+            // The formula of the full parser, on a minute it has checked.
+            return (base + second)
+                .checked_mul(NANOS_PER_SECOND)?
+                .checked_add(nanos);
+        }
+        let ns = parse_rfc3339_nanos(s)?;
+        if let Some((prefix, rest)) = split
+            && let Some((second, _)) = utc_seconds(rest)
+        {
+            self.minute = Some((*prefix, ns.div_euclid(NANOS_PER_SECOND) - second));
+        }
+        Some(ns)
+    }
+}
+
+/// What follows the minute in a UTC timestamp (`:SS`, an optional fraction, `Z`): its seconds
+/// and nanoseconds, read as [`parse_rfc3339_nanos`] reads them (a tenth fractional digit and
+/// beyond are dropped); `None` for anything else.
+fn utc_seconds(b: &[u8]) -> Option<(i64, i64)> {
+    let [b':', tens @ b'0'..=b'9', ones @ b'0'..=b'9', rest @ ..] = b else {
+        return None;
+    };
+    let second = i64::from((tens - b'0') * 10 + (ones - b'0'));
+    if second > 60 {
+        return None;
+    }
+    let (nanos, rest) = match rest {
+        [b'.', fraction @ ..] => {
+            let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+            if n == 0 {
+                return None;
+            }
+            let kept = fraction[..n.min(9)]
+                .iter()
+                .fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0'));
+            let scale = 10i64.pow(9u32.saturating_sub(n as u32));
+            (kept * scale, &fraction[n..])
+        }
+        _ => (0, rest),
+    };
+    matches!(rest, [b'Z' | b'z']).then_some((second, nanos))
+}
+
 /// A string column builder with room for `rows` values of about `bytes_per_row` bytes (for
 /// columns that are rarely null; see [`Strings`] for the others).
 pub(crate) fn strings(rows: usize, bytes_per_row: usize) -> StringBuilder {
@@ -295,6 +360,67 @@ mod tests {
             .expect("utf8");
         assert!(array.is_null(0));
         assert_eq!(array.value(1), "abc");
+    }
+
+    #[test]
+    fn timestamps_read_as_the_full_parser_does() {
+        let mut t = Timestamps::default();
+        let cases = [
+            "2025-03-01T00:00:00.031256723Z",
+            "2025-03-01T00:00:07.5Z",
+            "2025-03-01T00:00:59Z",
+            "2025-03-01T00:00:60Z",
+            "2025-03-01T00:00:61Z",
+            "2025-03-01T00:00:09.1234567891234z",
+            "2025-03-01T00:00:09.Z",
+            "2025-03-01T00:00:09.123",
+            "2025-03-01T00:00:09.123Zx",
+            "2025-03-01T00:00:09+02:00",
+            "2025-03-01T00:00:9Z",
+            "2025-03-01T00:00",
+            "2025-03-01T00:00:",
+            "2025-03-01T00:01:00.000001Z",
+            "2025-02-29T00:01:00Z",
+            "2024-02-29T00:01:00Z",
+            "2024-02-29T00:01:30.25Z",
+            "2024-02-29t00:01:30Z",
+            "2024-02-29 00:01:30Z",
+            "1969-12-31T23:59:59.999999999Z",
+            "1969-12-31T23:59:00.5Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2262-04-11T23:47:16.854775807Z",
+            "2262-04-11T23:47:16.854775808Z",
+            "2262-04-11T23:47:17Z",
+            "1677-09-21T00:12:43.145224192Z",
+            "1677-09-21T00:12:43.145224191Z",
+            "1677-09-21T00:12:44Z",
+        ];
+        // Twice, so that each is read with the minute of the one before it remembered.
+        for s in cases.iter().chain(cases.iter()) {
+            assert_eq!(t.parse(s), parse_rfc3339_nanos(s), "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_agree_with_the_full_parser(
+            minute in 0u32..3,
+            second in 0u32..62,
+            fraction in "(\\.[0-9]{0,12})?",
+            zone in "(Z|z|\\+01:00|-0130|)",
+            noise in proptest::option::of((0usize..30, proptest::char::any())),
+        ) {
+            let mut t = Timestamps::default();
+            let first = format!("2025-06-30T23:0{minute}:00Z");
+            let mut s = format!("2025-06-30T23:0{minute}:{second:02}{fraction}{zone}");
+            if let Some((at, c)) = noise {
+                let at = s.char_indices().nth(at % s.chars().count()).map_or(0, |(i, _)| i);
+                s.insert(at, c);
+            }
+            proptest::prop_assert_eq!(t.parse(&first), parse_rfc3339_nanos(&first));
+            proptest::prop_assert_eq!(t.parse(&s), parse_rfc3339_nanos(&s), "{}", s);
+        }
     }
 
     #[test]

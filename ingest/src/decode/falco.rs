@@ -8,7 +8,7 @@
 //! `append_output` adds to `output`, and from CRI container names
 //! (`k8s_<container>_<pod>_<namespace>_<uid>_<n>`).
 
-use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Builder, ListBuilder, StringBuilder};
@@ -17,14 +17,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::columns::{
-    Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, append_content_id, append_list,
-    estimate_lines, non_empty, strings,
+    Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, Timestamps, append_content_id,
+    append_list, estimate_lines, non_empty, strings,
 };
 use super::json_lines::scan::Scanner;
-use super::json_lines::{RecordError, check_depth, for_each_record, parse};
+use super::json_lines::{Record, RecordError, check_depth, for_each_record, parse};
 use super::{DecodeContext, Decoded, Location, Quarantined, Reason};
 use crate::schema::{Stream, falco_events};
-use crate::time::parse_rfc3339_nanos;
 
 /// Decodes Falco alerts.
 pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
@@ -36,13 +35,14 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
         cx,
         Stream::FalcoEvents,
         &mut quarantined,
-        |text, location, q| {
+        |record, location, q| {
+            let text = record.text;
             if text.starts_with('[') {
                 check_depth(text)?;
                 let items: Vec<&RawValue> = parse(text)?;
                 for (i, item) in items.into_iter().enumerate() {
                     let raw = item.get();
-                    if let Err((reason, detail)) = b.alert(raw, Depth::Checked) {
+                    if let Err((reason, detail)) = b.alert(Record::new(raw), Depth::Checked) {
                         let loc = Location::Item(i as u64);
                         q.push(Quarantined::new(
                             Stream::FalcoEvents,
@@ -56,7 +56,7 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
                 Ok(())
             } else {
                 let _ = location;
-                b.alert(text, Depth::Unchecked)
+                b.alert(record, Depth::Unchecked)
             }
         },
     );
@@ -71,13 +71,6 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
 enum Depth {
     Checked,
     Unchecked,
-}
-
-/// Empties a tag list and hands its allocation to a list of another lifetime, so one
-/// allocation serves every alert (the in-place `collect` reuses the buffer: same layout).
-fn recycle<'b>(mut v: Vec<JStr<'_>>) -> Vec<JStr<'b>> {
-    v.clear();
-    v.into_iter().map(|_| JStr(Cow::Borrowed(""))).collect()
 }
 
 /// Falco's priorities, long form, as Falco writes them in JSON.
@@ -121,6 +114,9 @@ struct Alert<'a> {
     uuid: Option<JStr<'a>>,
     #[serde(borrow, default)]
     tags: Option<Vec<JStr<'a>>>,
+    /// The tags are in the builder's `tag_ranges` (read by [`scan_alert`]), not in `tags`.
+    #[serde(skip)]
+    tags_scanned: bool,
     #[serde(borrow, default)]
     output_fields: Option<RawJson<'a>>,
 }
@@ -207,8 +203,15 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 /// the scanner's contract). Mirrors `Alert`'s derived `Deserialize` (unknown keys skipped, a
 /// known key twice is an error: gives up) and `Fields`' visitor (keys in order, the last one
 /// wins).
-fn scan_alert<'a>(text: &'a str, tags: &mut Vec<JStr<'a>>) -> Option<(Alert<'a>, Fields<'a>)> {
-    let mut s = Scanner::new(text);
+///
+/// The tags go to `tags`, as ranges of the record (a tag with escapes gives up: tags have none),
+/// which spares a list per alert.
+fn scan_alert<'a>(
+    record: Record<'a>,
+    tags: &mut Vec<Range<usize>>,
+) -> Option<(Alert<'a>, Fields<'a>)> {
+    tags.clear();
+    let mut s = Scanner::for_record(record);
     let mut a = Alert::default();
     let mut fields = Fields::default();
     let mut seen = 0u16;
@@ -240,10 +243,10 @@ fn scan_alert<'a>(text: &'a str, tags: &mut Vec<JStr<'a>>) -> Option<(Alert<'a>,
             7 => {
                 if !s.is_null()? {
                     s.array(|s| {
-                        tags.push(JStr(s.string()?));
+                        tags.push(s.plain_string()?);
                         Some(())
                     })?;
-                    a.tags = Some(std::mem::take(tags));
+                    a.tags_scanned = true;
                 }
                 return Some(());
             }
@@ -353,8 +356,9 @@ struct Builder {
     fd_name: Strings,
     uuid: Strings,
     output_fields: Strings,
-    /// An empty list whose allocation `alert` reuses for the tags.
-    tags_buf: Vec<JStr<'static>>,
+    /// Where the tags of the alert being read are in its text (see [`scan_alert`]).
+    tag_ranges: Vec<Range<usize>>,
+    timestamps: Timestamps,
 }
 
 impl Builder {
@@ -391,13 +395,14 @@ impl Builder {
             fd_name: Strings::with_capacity(n, 32),
             uuid: Strings::with_capacity(n, 36),
             output_fields: Strings::with_data_capacity(n, bytes * 5 / 8),
-            tags_buf: Vec::new(),
+            tag_ranges: Vec::new(),
+            timestamps: Timestamps::default(),
         }
     }
 
-    fn alert(&mut self, text: &str, depth: Depth) -> Result<(), RecordError> {
-        let mut tags = recycle(std::mem::take(&mut self.tags_buf));
-        let (mut a, fields) = match scan_alert(text, &mut tags) {
+    fn alert(&mut self, record: Record<'_>, depth: Depth) -> Result<(), RecordError> {
+        let text = record.text;
+        let (a, fields) = match scan_alert(record, &mut self.tag_ranges) {
             Some(read) => read,
             None => {
                 if depth == Depth::Unchecked {
@@ -424,7 +429,7 @@ impl Builder {
             )
         })?;
         let ts = match (&a.time, fields.evt_time) {
-            (Some(t), _) => parse_rfc3339_nanos(t.as_str()).ok_or_else(|| {
+            (Some(t), _) => self.timestamps.parse(t.as_str()).ok_or_else(|| {
                 (
                     Reason::InvalidTimestamp,
                     "`time` is not an RFC 3339 timestamp".to_string(),
@@ -475,10 +480,17 @@ impl Builder {
         self.priority.append_value(priority);
         self.source.append_option(non_empty(&a.source));
         self.output.append_option(output);
-        append_list(
-            &mut self.tags,
-            a.tags.as_ref().map(|t| t.iter().map(JStr::as_str)),
-        );
+        if a.tags_scanned {
+            for tag in &self.tag_ranges {
+                self.tags.values().append_value(&text[tag.clone()]);
+            }
+            self.tags.append(true);
+        } else {
+            append_list(
+                &mut self.tags,
+                a.tags.as_ref().map(|t| t.iter().map(JStr::as_str)),
+            );
+        }
         self.evt_time.append_option(fields.evt_time);
         self.evt_type.append_option(fields.evt_type.as_deref());
         self.container_id
@@ -499,7 +511,6 @@ impl Builder {
         self.uuid.append_option(non_empty(&a.uuid));
         self.output_fields
             .append_option(a.output_fields.map(|raw| raw.0).filter(|s| *s != "null"));
-        self.tags_buf = recycle(a.tags.take().unwrap_or(tags));
         Ok(())
     }
 
@@ -693,6 +704,37 @@ mod tests {
         assert_eq!(col(&d, "priority").value(0), "Informational");
         let ts = d.batch.column(0).as_primitive::<TimestampNanosecondType>();
         assert_eq!(ts.value(0), 1_715_108_059_341_081_180);
+    }
+
+    #[test]
+    fn control_characters_in_strings_are_invalid_json_on_every_path() {
+        let alert = |rule: &str| {
+            format!(
+                r#"{{"rule":"{rule}","priority":"Notice","time":"2024-01-01T00:00:00Z","tags":["a"]}}"#
+            )
+        };
+        let input = [
+            alert("plain"),
+            alert("tab\there"),
+            alert("unit\u{1f}separator"),
+            alert("escaped\\ttab"),
+        ]
+        .join("\r\n");
+        let d = decode_str(&input);
+        let reasons: Vec<_> = d
+            .quarantined
+            .iter()
+            .map(|q| (q.location, q.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (Location::Line(2), Reason::InvalidJson),
+                (Location::Line(3), Reason::InvalidJson),
+            ]
+        );
+        assert_eq!(col(&d, "rule").value(0), "plain");
+        assert_eq!(col(&d, "rule").value(1), "escaped\ttab");
     }
 
     #[test]

@@ -12,6 +12,36 @@ use crate::schema::Stream;
 /// What a record callback reports for a bad record.
 pub(crate) type RecordError = (Reason, String);
 
+/// One record's text, with what the splitter learned about it on the way.
+#[derive(Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub text: &'a str,
+    /// Found while looking for the end of the line: the [`scan::Scanner`] then need not pass
+    /// over the record to look for them.
+    pub controls: Controls,
+}
+
+/// What is known about control characters (below 0x20) in a record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Controls {
+    /// There are none.
+    None,
+    /// There are some (whitespace, or invalid in a string).
+    Some,
+    /// Not looked for.
+    Unknown,
+}
+
+impl<'a> Record<'a> {
+    /// A record nothing is known about.
+    pub(crate) fn new(text: &'a str) -> Self {
+        Record {
+            text,
+            controls: Controls::Unknown,
+        }
+    }
+}
+
 /// Calls `f` with the text of every record in `input`, with its location.
 ///
 /// Input whose first record is a complete value on its first line is read as JSON lines; input
@@ -27,7 +57,7 @@ pub(crate) fn for_each_record<'a>(
     cx: &DecodeContext,
     stream: Stream,
     quarantined: &mut Vec<Quarantined>,
-    mut f: impl FnMut(&'a str, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
+    mut f: impl FnMut(Record<'a>, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
 ) {
     let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
     let first = first_line(input);
@@ -66,12 +96,23 @@ fn lines<'a>(
     cx: &DecodeContext,
     stream: Stream,
     quarantined: &mut Vec<Quarantined>,
-    f: &mut impl FnMut(&'a str, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
+    f: &mut impl FnMut(Record<'a>, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
 ) {
     let mut line_no = first_line;
     let mut pos = 0;
     while pos < input.len() {
-        let end = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |i| pos + i);
+        // One pass finds the end of the line and whether it has other control characters.
+        let control = first_control(input, pos);
+        let (end, controls) = match input.get(control) {
+            None => (input.len(), Controls::None),
+            Some(b'\n') => (control, Controls::None),
+            // `\r\n`: the `\r` is trimmed off below.
+            Some(b'\r') if input.get(control + 1) == Some(&b'\n') => (control + 1, Controls::None),
+            Some(_) => (
+                memchr::memchr(b'\n', &input[control..]).map_or(input.len(), |i| control + i),
+                Controls::Some,
+            ),
+        };
         let raw = trim(&input[pos..end]);
         let location = Location::Line(line_no);
         pos = end + 1;
@@ -79,8 +120,25 @@ fn lines<'a>(
         if raw.is_empty() {
             continue;
         }
-        one(raw, location, cx, stream, quarantined, f);
+        one(raw, controls, location, cx, stream, quarantined, f);
     }
+}
+
+/// Offset of the first byte below 0x20 at or after `i` (or `b.len()`).
+#[inline]
+fn first_control(b: &[u8], mut i: usize) -> usize {
+    // Fixed-size blocks folded with `|` compile to a few SIMD instructions per block.
+    while let Some(block) = b.get(i..i + 32) {
+        let block: &[u8; 32] = block.try_into().expect("a slice of 32 bytes");
+        if block.iter().fold(0u8, |acc, &x| acc | u8::from(x < 0x20)) != 0 {
+            break;
+        }
+        i += 32;
+    }
+    b[i..]
+        .iter()
+        .position(|&x| x < 0x20)
+        .map_or(b.len(), |p| i + p)
 }
 
 /// Reads whitespace-separated JSON documents; returns how many bytes were consumed before the
@@ -90,7 +148,7 @@ fn documents<'a>(
     cx: &DecodeContext,
     stream: Stream,
     quarantined: &mut Vec<Quarantined>,
-    f: &mut impl FnMut(&'a str, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
+    f: &mut impl FnMut(Record<'a>, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
 ) -> usize {
     let mut values = serde_json::Deserializer::from_slice(input).into_iter::<&RawValue>();
     let mut consumed = 0;
@@ -106,6 +164,7 @@ fn documents<'a>(
                 let raw = value.get();
                 one(
                     raw.as_bytes(),
+                    Controls::Unknown,
                     Location::Line(line),
                     cx,
                     stream,
@@ -121,11 +180,12 @@ fn documents<'a>(
 
 fn one<'a>(
     raw: &'a [u8],
+    controls: Controls,
     location: Location,
     cx: &DecodeContext,
     stream: Stream,
     quarantined: &mut Vec<Quarantined>,
-    f: &mut impl FnMut(&'a str, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
+    f: &mut impl FnMut(Record<'a>, Location, &mut Vec<Quarantined>) -> Result<(), RecordError>,
 ) {
     if raw.len() > cx.max_record_bytes {
         let detail = format!(
@@ -156,7 +216,8 @@ fn one<'a>(
             return;
         }
     };
-    if let Err((reason, detail)) = f(text, location, quarantined) {
+    let record = Record { text, controls };
+    if let Err((reason, detail)) = f(record, location, quarantined) {
         quarantined.push(Quarantined::new(stream, location, reason, detail, raw));
     }
 }
@@ -269,7 +330,8 @@ mod tests {
         let cx = DecodeContext::new(0);
         let mut out = Vec::new();
         let mut q = Vec::new();
-        for_each_record(input, &cx, Stream::FalcoEvents, &mut q, |text, loc, _| {
+        for_each_record(input, &cx, Stream::FalcoEvents, &mut q, |record, loc, _| {
+            let text = record.text;
             check_depth(text)?;
             let _: serde::de::IgnoredAny = parse(text)?;
             out.push((text.to_string(), loc));
@@ -287,6 +349,33 @@ mod tests {
             vec![
                 ("{\"a\":1}".into(), Location::Line(1)),
                 ("{\"a\":2}".into(), Location::Line(3))
+            ]
+        );
+    }
+
+    #[test]
+    fn control_characters_are_reported_with_each_line() {
+        let cx = DecodeContext::new(0);
+        let mut seen = Vec::new();
+        let input = b"{\"a\":1}\r\n{\"a\":\"\t\"}\n\t{\"a\":3}\n{\"a\":\"\x01\"}\r\r\n{\"a\":5}";
+        for_each_record(
+            input,
+            &cx,
+            Stream::FalcoEvents,
+            &mut Vec::new(),
+            |r, loc, _| {
+                seen.push((loc, r.controls));
+                Ok(())
+            },
+        );
+        assert_eq!(
+            seen,
+            vec![
+                (Location::Line(1), Controls::None),
+                (Location::Line(2), Controls::Some),
+                (Location::Line(3), Controls::Some),
+                (Location::Line(4), Controls::Some),
+                (Location::Line(5), Controls::None),
             ]
         );
     }

@@ -17,14 +17,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::columns::{
-    Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, append_list, estimate_lines,
-    non_empty, strings,
+    Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, Timestamps, append_list,
+    estimate_lines, non_empty, strings,
 };
 use super::json_lines::scan::Scanner;
-use super::json_lines::{RecordError, check_depth, for_each_record, parse};
+use super::json_lines::{Record, RecordError, check_depth, for_each_record, parse};
 use super::{DecodeContext, Decoded, Location, Quarantined, Reason};
 use crate::schema::{Stream, k8s_audit};
-use crate::time::parse_rfc3339_nanos;
 
 /// Decodes Kubernetes audit events in any of the accepted envelopes.
 pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
@@ -36,7 +35,7 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
         cx,
         Stream::K8sAudit,
         &mut quarantined,
-        |text, _location, q| b.record(text, q),
+        |record, _location, q| b.record(record, q),
     );
     Ok(Decoded {
         batch: b.finish()?,
@@ -241,8 +240,8 @@ enum Meta<'a> {
 /// Reads a plain `Event` in one pass with the [`Scanner`]; `None` for anything else (an
 /// `EventList`, a wrapper, any doubt: see the scanner's contract), which serde_json reads.
 /// Mirrors `Envelope`'s derived `Deserialize`: unknown keys skipped, a known key twice gives up.
-fn scan_event(text: &str) -> Option<(Envelope<'_>, Parts<'_>)> {
-    let mut s = Scanner::new(text);
+fn scan_event(record: Record<'_>) -> Option<(Envelope<'_>, Parts<'_>)> {
+    let mut s = Scanner::for_record(record);
     let mut e = Envelope::default();
     let mut parts = Parts::default();
     let mut seen = 0u32;
@@ -544,6 +543,7 @@ struct Builder {
     request_object: Strings,
     response_object: Strings,
     envelope: StringBuilder,
+    timestamps: Timestamps,
 }
 
 impl Builder {
@@ -585,12 +585,14 @@ impl Builder {
             request_object: Strings::with_data_capacity(n, bytes / 3),
             response_object: Strings::with_data_capacity(n, bytes / 2),
             envelope: strings(n, 5),
+            timestamps: Timestamps::default(),
         }
     }
 
     /// One top-level record: an Event, an EventList, or a wrapped event.
-    fn record(&mut self, text: &str, q: &mut Vec<Quarantined>) -> Result<(), RecordError> {
-        if let Some((event, read)) = scan_event(text) {
+    fn record(&mut self, record: Record<'_>, q: &mut Vec<Quarantined>) -> Result<(), RecordError> {
+        let text = record.text;
+        if let Some((event, read)) = scan_event(record) {
             return self.event(&event, Envelope_::Event, Some(read));
         }
         check_depth(text)?;
@@ -602,7 +604,7 @@ impl Builder {
             check_api_version(&env)?;
             for (i, item) in items.iter().enumerate() {
                 let raw = item.get();
-                let result = match scan_event(raw) {
+                let result = match scan_event(Record::new(raw)) {
                     Some((e, read)) => self.event(&e, Envelope_::EventList, Some(read)),
                     None => parse::<Envelope<'_>>(raw)
                         .and_then(|e| self.event(&e, Envelope_::EventList, None)),
@@ -662,9 +664,13 @@ impl Builder {
                     "missing field `stageTimestamp`".to_string(),
                 )
             })
-            .and_then(|t| timestamp(t.as_str(), "stageTimestamp"))?;
+            .and_then(|t| timestamp(&mut self.timestamps, t.as_str(), "stageTimestamp"))?;
         let received = match &e.request_received_timestamp {
-            Some(t) => Some(timestamp(t.as_str(), "requestReceivedTimestamp")?),
+            Some(t) => Some(timestamp(
+                &mut self.timestamps,
+                t.as_str(),
+                "requestReceivedTimestamp",
+            )?),
             None => None,
         };
         let (user, authz, read_metas) = match read {
@@ -813,7 +819,7 @@ impl Builder {
                     "missing field `timestamp`".to_string(),
                 )
             })
-            .and_then(|t| timestamp(t.as_str(), "timestamp"))?;
+            .and_then(|t| timestamp(&mut self.timestamps, t.as_str(), "timestamp"))?;
         let audit_id = env
             .operation
             .as_ref()
@@ -944,8 +950,8 @@ fn check_api_version(e: &Envelope<'_>) -> Result<(), RecordError> {
     }
 }
 
-fn timestamp(s: &str, field: &str) -> Result<i64, RecordError> {
-    parse_rfc3339_nanos(s).ok_or_else(|| {
+fn timestamp(timestamps: &mut Timestamps, s: &str, field: &str) -> Result<i64, RecordError> {
+    timestamps.parse(s).ok_or_else(|| {
         (
             Reason::InvalidTimestamp,
             format!("`{field}` is not an RFC 3339 timestamp"),
