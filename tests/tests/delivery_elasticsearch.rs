@@ -48,31 +48,32 @@ async fn bulk_creates_ecs_documents_with_finding_ids_after_installing_the_templa
         es.doc_count()
     );
 
-    let st = lock(&es.state);
-    let t = &st.templates["gpusiem-findings"];
-    assert_eq!(t["index_patterns"][0], "gpusiem-findings");
-    assert!(t.get("data_stream").is_some(), "a data stream template");
-    assert_eq!(
-        t["template"]["mappings"]["properties"]["gpusiem"]["properties"]["evidence"]["type"],
-        "flattened"
-    );
-    for b in &st.bulks {
-        assert!(
-            b.newline_terminated,
-            "every line ends in a newline, the last included"
-        );
+    {
+        let st = lock(&es.state);
+        let t = &st.templates["gpusiem-findings"];
+        assert_eq!(t["index_patterns"][0], "gpusiem-findings");
+        assert!(t.get("data_stream").is_some(), "a data stream template");
         assert_eq!(
-            b.authorization.as_deref(),
-            Some("ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==")
+            t["template"]["mappings"]["properties"]["gpusiem"]["properties"]["evidence"]["type"],
+            "flattened"
         );
-        assert!(
-            b.items
-                .iter()
-                .all(|i| i.op == "create" && i.index == "gpusiem-findings"),
-            "data streams accept only create"
-        );
+        for b in &st.bulks {
+            assert!(
+                b.newline_terminated,
+                "every line ends in a newline, the last included"
+            );
+            assert_eq!(
+                b.authorization.as_deref(),
+                Some("ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==")
+            );
+            assert!(
+                b.items
+                    .iter()
+                    .all(|i| i.op == "create" && i.index == "gpusiem-findings"),
+                "data streams accept only create"
+            );
+        }
     }
-    drop(st);
     let docs = es.docs();
     for f in &batch {
         let d = &docs[&f.id];
