@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use gpusiem::config::Config;
@@ -31,6 +31,11 @@ use gpusiem::delivery::{Clock, Delivery, DeliveryContext};
 use gpusiem_detect::role::Role;
 use gpusiem_detect::{Finding, Severity, Status};
 use tokio_util::sync::CancellationToken;
+
+/// Request bodies the fake receivers accept, as the real ones do (Elasticsearch's
+/// `http.max_content_length` and Loki's `max_recv_msg_size` are both 100 MiB by default);
+/// axum's own default of 2 MiB would refuse the benchmark's 8 MiB batches with 413.
+const RECEIVER_BODY_LIMIT: usize = 100 << 20;
 
 #[derive(Default)]
 struct Acks {
@@ -148,12 +153,14 @@ async fn setup() -> Run {
         axum::Router::new()
             .route("/_bulk", axum::routing::post(es_bulk))
             .route("/_index_template/{name}", axum::routing::put(es_template))
+            .layer(DefaultBodyLimit::max(RECEIVER_BODY_LIMIT))
             .with_state(acks.clone()),
     )
     .await;
     let loki = serve(
         axum::Router::new()
             .route("/loki/api/v1/push", axum::routing::post(loki_push))
+            .layer(DefaultBodyLimit::max(RECEIVER_BODY_LIMIT))
             .with_state(acks.clone()),
     )
     .await;

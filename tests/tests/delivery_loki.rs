@@ -197,6 +197,52 @@ async fn too_far_behind_400_is_dead_lettered_not_retried() {
 }
 
 #[tokio::test]
-async fn request_too_large_413_is_dead_lettered_not_retried() {
-    refused_once(Reply::too_large(), "413").await;
+async fn request_too_large_413_is_sent_again_in_halves() {
+    let loki = FakeLoki::start(any_port()).await;
+    // The whole batch and then its first half are too large; the rest fits.
+    loki.script.push([Reply::too_large(), Reply::too_large()]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = start(&config(&loki.url(), "json"), dir.path(), Clock::Wall).await;
+    run.delivery
+        .enqueue(&findings(5, "gpu_memory_spike", "shop", Severity::High))
+        .await
+        .expect("enqueue");
+    assert!(wait_until(WAIT, || loki.stored_entries() == 5).await);
+    let sizes: Vec<usize> = loki.pushes().iter().map(|p| p.entries().count()).collect();
+    // 5 refused, 2 refused, then 1 + 1 + 3: every finding once, in order.
+    assert_eq!(sizes, [5, 2, 1, 1, 3]);
+    let a = settled(&run, "sink:loki").await;
+    assert_eq!(
+        (a.received, a.delivered, a.dead_lettered, a.retries),
+        (5, 5, 0, 0)
+    );
+    assert_balanced(&run).await;
+}
+
+#[tokio::test]
+async fn a_single_finding_refused_as_too_large_is_dead_lettered() {
+    let loki = FakeLoki::start(any_port()).await;
+    loki.script.push([Reply::too_large()]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = start(&config(&loki.url(), "json"), dir.path(), Clock::Wall).await;
+    run.delivery
+        .enqueue(&findings(1, "gpu_memory_spike", "shop", Severity::High))
+        .await
+        .expect("enqueue");
+    assert!(
+        wait_until(WAIT, || run.metrics.accounting("sink:loki").dead_lettered
+            == 1)
+        .await
+    );
+    let dead = dead_letters(dir.path(), "sink:loki");
+    assert!(
+        dead.len() == 1
+            && dead[0]["reason"] == "rejected"
+            && dead[0]["detail"]
+                .as_str()
+                .is_some_and(|s| s.contains("413")),
+        "{dead:?}"
+    );
+    assert_eq!(loki.pushes().len(), 1);
+    assert_balanced(&run).await;
 }

@@ -3,6 +3,8 @@
 //! * `2xx` → delivered.
 //! * `408`, `429`, `5xx` (but `501`) and connection errors → retried with capped, jittered
 //!   exponential backoff, never sooner than a `Retry-After` header asks.
+//! * `413` → the batch is split in halves and each half sent on its own; a single item that
+//!   is still too large is dead-lettered.
 //! * Any other `4xx` → not retried: the items go to the dead-letter file with the reason.
 //! * A notifier may say the destination is gone for good (Slack `404`/`410`): it stops.
 //!
@@ -23,6 +25,9 @@ pub enum Action {
     Reject,
     /// The destination no longer exists: dead-letter these items and everything after them.
     Gone,
+    /// The request was too large (413): send the items in smaller batches; dead-letter an
+    /// item that is refused alone.
+    Split,
 }
 
 /// Why a request failed, and what to do about it.
@@ -65,6 +70,8 @@ impl Failure {
         let reason = format!("{receiver} answered {}: {}", status.as_u16(), excerpt(body));
         let action = if is_retryable(status) {
             Action::Retry
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Action::Split
         } else {
             Action::Reject
         };
@@ -249,6 +256,17 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn too_large_splits_and_other_refusals_reject() {
+        let h = HeaderMap::new();
+        let action = |s: u16| {
+            Failure::from_status("r", StatusCode::from_u16(s).expect("status"), &h, b"").action
+        };
+        assert_eq!(action(413), Action::Split);
+        assert_eq!(action(400), Action::Reject);
+        assert_eq!(action(429), Action::Retry);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!                                      └──── backoff ◄────────┴─ 429/5xx/connection (only those items)
 //! ```
 //!
+//! A request refused as too large (413) is sent again as two halves, each settled before the
+//! next, so order is kept and only an item refused on its own is dead-lettered.
+//!
 //! One batch is in flight at a time per target, so a receiver sees findings in outbox order
 //! (Loki streams stay ordered) and the rate limit is exact. A batch leaves the loop only when
 //! every item in it is settled; on shutdown the in-flight request is dropped and its items
@@ -72,6 +75,16 @@ pub(crate) struct Worker<T: Target> {
 struct Pending<I> {
     record: Record,
     item: I,
+}
+
+/// How sending one batch ended.
+enum Sent<I> {
+    /// Every item delivered or dead-lettered.
+    Settled,
+    /// Refused as too large: send these again in halves.
+    Split(Vec<Pending<I>>),
+    /// Shut down with items unsettled (they stay in the outbox).
+    Shutdown,
 }
 
 /// The marker a target leaves when its destination is gone (Slack 404/410).
@@ -188,14 +201,32 @@ impl<T: Target> Worker<T> {
     }
 
     /// Sends until every item is settled; `false` when shut down first.
-    async fn deliver(&mut self, mut pending: Vec<Pending<T::Item>>) -> bool {
+    async fn deliver(&mut self, pending: Vec<Pending<T::Item>>) -> bool {
+        // Batches still to send, the next one last.
+        let mut stack = vec![pending];
+        while let Some(batch) = stack.pop() {
+            match self.deliver_batch(batch).await {
+                Sent::Settled => {}
+                Sent::Split(mut first) => {
+                    let second = first.split_off(first.len() / 2);
+                    stack.push(second);
+                    stack.push(first);
+                }
+                Sent::Shutdown => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends one batch until every item is settled, or until it must be split.
+    async fn deliver_batch(&mut self, mut pending: Vec<Pending<T::Item>>) -> Sent<T::Item> {
         let mut attempt: u32 = 0;
         while !pending.is_empty() {
             if let Some(last) = self.last_send {
                 let at = last + self.target.min_interval();
                 tokio::select! {
                     () = tokio::time::sleep_until(at) => {}
-                    () = self.shutdown.cancelled() => return false,
+                    () = self.shutdown.cancelled() => return Sent::Shutdown,
                 }
             }
             let (records, items): (Vec<Record>, Vec<T::Item>) =
@@ -203,7 +234,7 @@ impl<T: Target> Worker<T> {
             self.metrics.requests.inc();
             let outcome = tokio::select! {
                 o = self.target.send(&items) => o,
-                () = self.shutdown.cancelled() => return false,
+                () = self.shutdown.cancelled() => return Sent::Shutdown,
             };
             self.last_send = Some(Instant::now());
             let mut retry: Vec<Pending<T::Item>> = Vec::new();
@@ -247,7 +278,19 @@ impl<T: Target> Worker<T> {
                             .map(|(record, item)| Pending { record, item })
                             .collect();
                     }
-                    Action::Reject => self.dead(DeadLetterReason::Rejected, &f.reason, records),
+                    Action::Split if records.len() > 1 => {
+                        tracing::info!(target = %self.name, items = records.len(), reason = %f.reason, "request too large; sending the batch in halves");
+                        return Sent::Split(
+                            records
+                                .into_iter()
+                                .zip(items)
+                                .map(|(record, item)| Pending { record, item })
+                                .collect(),
+                        );
+                    }
+                    Action::Reject | Action::Split => {
+                        self.dead(DeadLetterReason::Rejected, &f.reason, records)
+                    }
                     Action::Gone => {
                         tracing::error!(target = %self.name, reason = %f.reason, "destination gone; stopping for good");
                         self.write_gone_marker(&f.reason);
@@ -275,10 +318,10 @@ impl<T: Target> Worker<T> {
             tracing::warn!(target = %self.name, items = pending.len(), attempt, delay_ms = delay.as_millis() as u64, reason = %why, "delivery failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.shutdown.cancelled() => return false,
+                () = self.shutdown.cancelled() => return Sent::Shutdown,
             }
         }
-        true
+        Sent::Settled
     }
 
     fn delivered(&self, records: &[Record]) {

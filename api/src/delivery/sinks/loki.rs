@@ -8,8 +8,9 @@
 //!   duplicate. The line is the finding as JSON, cut below `max_line_bytes` (Loki refuses lines
 //!   over 256 KB): evidence and event ids go first, then the summary is shortened. Entries of
 //!   a stream are sorted by time.
-//! * **Answers**: 204 delivered; 429 and 5xx retried; 400 (out of order, too old, limits) and
-//!   413 are never retried — the batch goes to the dead-letter file with Loki's message.
+//! * **Answers**: 204 delivered; 429 and 5xx retried; 413 sends the batch again in halves;
+//!   400 (out of order, too old, limits) is never retried — the batch goes to the dead-letter
+//!   file with Loki's message.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
