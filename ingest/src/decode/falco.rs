@@ -123,6 +123,7 @@ struct Alert<'a> {
 
 /// The output fields gpusiem promotes to columns.
 #[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Fields<'a> {
     evt_time: Option<i64>,
     evt_type: Option<FieldStr<'a>>,
@@ -735,6 +736,98 @@ mod tests {
         );
         assert_eq!(col(&d, "rule").value(0), "plain");
         assert_eq!(col(&d, "rule").value(1), "escaped\ttab");
+    }
+
+    /// The scanner's reading of an alert, or `None` where it gives up.
+    fn scanned(text: &str) -> Option<(Vec<Option<String>>, Fields<'_>, Vec<String>)> {
+        let mut tags = Vec::new();
+        let (a, fields) = scan_alert(Record::new(text), &mut tags)?;
+        let tags = tags.into_iter().map(|r| text[r].to_string()).collect();
+        Some((alert_values(&a), fields, tags))
+    }
+
+    /// serde_json's reading of an alert (the decoder's slow path).
+    fn parsed(text: &str) -> Result<(Vec<Option<String>>, Fields<'_>, Vec<String>), RecordError> {
+        check_depth(text)?;
+        let a: Alert<'_> = parse(text)?;
+        let fields = match a.output_fields {
+            Some(raw) if raw.0 != "null" => parse(raw.0)?,
+            _ => Fields::default(),
+        };
+        let tags = a
+            .tags
+            .iter()
+            .flatten()
+            .map(|t| t.as_str().to_string())
+            .collect();
+        Ok((alert_values(&a), fields, tags))
+    }
+
+    fn alert_values(a: &Alert<'_>) -> Vec<Option<String>> {
+        let s = |v: &Option<JStr<'_>>| v.as_ref().map(|v| v.as_str().to_string());
+        vec![
+            s(&a.time),
+            s(&a.rule),
+            s(&a.priority),
+            s(&a.source),
+            s(&a.hostname),
+            s(&a.output),
+            s(&a.uuid),
+            a.output_fields.map(|raw| raw.0.to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// What the scanner reads from an alert, serde_json reads the same, control characters,
+        /// escapes and random edits included.
+        #[test]
+        fn scanner_reads_alerts_as_serde_json_does(
+            strings in proptest::collection::vec("[a-z<>A \"\\\\/\u{1}\u{1f}\t\n\r\u{7f}é☃]{0,70}", 4),
+            tag in "[a-z_]{0,12}",
+            evt_time: i64,
+            uid in proptest::option::of(proptest::prelude::any::<i32>()),
+            pretty: bool,
+            edit in proptest::option::of((0usize..10_000, 0usize..4, "[]{}\\[,:\" \\\\0-9\u{1}\n\t\rnul]{0,3}")),
+        ) {
+            use proptest::prelude::*;
+            let value = serde_json::json!({
+                "rule": strings[0],
+                "priority": "Notice",
+                "time": "2024-01-01T00:00:00Z",
+                "output": strings[1],
+                // Tags with escapes are left to serde_json.
+                "tags": ["a", tag],
+                "output_fields": {
+                    "proc.name": strings[2],
+                    "proc.cmdline": strings[3],
+                    "evt.time": evt_time,
+                    "user.uid": uid,
+                    "proc.tty": [1, {"x": strings[3]}],
+                    "fd.name": null,
+                    "container.id": 12,
+                },
+            });
+            let mut text = if pretty {
+                serde_json::to_string_pretty(&value)
+            } else {
+                serde_json::to_string(&value)
+            }
+            .expect("a value serializes");
+            if let Some((at, cut, insert)) = &edit {
+                let at = at % (text.len() + 1);
+                let end = (at + cut).min(text.len());
+                if text.is_char_boundary(at) && text.is_char_boundary(end) {
+                    text.replace_range(at..end, insert);
+                }
+            }
+            let theirs = parsed(&text);
+            if edit.is_none() {
+                prop_assert!(theirs.is_ok(), "{}", text);
+            }
+            if let Some(ours) = scanned(&text) {
+                prop_assert_eq!(Ok(ours), theirs, "{}", text);
+            }
+        }
     }
 
     #[test]
