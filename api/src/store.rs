@@ -61,6 +61,7 @@
 //! the latest revision of each id.
 
 mod fs;
+pub(crate) mod keyindex;
 mod manifest;
 mod partition;
 mod table;
@@ -785,8 +786,10 @@ impl Inner {
             if now.duration_since(*since) < grace {
                 return true;
             }
-            if let Err(e) = fs::remove_if_exists(p) {
-                tracing::warn!(file = %p.display(), error = %e, "could not delete a replaced file; it is deleted on the next open");
+            for f in [p.clone(), keyindex::sidecar(p)] {
+                if let Err(e) = fs::remove_if_exists(&f) {
+                    tracing::warn!(file = %f.display(), error = %e, "could not delete a replaced file; it is deleted on the next open");
+                }
             }
             deleted_any = true;
             false

@@ -573,6 +573,134 @@ async fn time_filters_prune_hour_files_before_they_are_opened() {
     assert_eq!(cells(&out), ["research-nb-2", "shop-web-2", "shop-web-3"]);
 }
 
+/// Six hours of 400 events each over 40 pods; the pod `rare` has events in hours 2 and 4 only.
+async fn lookup_store() -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), &quiet()).await.expect("open");
+    for h in 0..6i64 {
+        let pods: Vec<String> = (0..400)
+            .map(|i| format!("pod-{}", (i * 7 + h) % 40))
+            .collect();
+        let mut rows: Vec<(i64, Option<&str>, &str)> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    T0 + h * HOUR + i as i64 * 1_000_000,
+                    Some("shop"),
+                    p.as_str(),
+                )
+            })
+            .collect();
+        if h == 2 || h == 4 {
+            rows[17].2 = "rare";
+            rows[301].2 = "rare";
+            rows[302] = (rows[302].0, Some("research"), "rare");
+        }
+        store
+            .append(Stream::FalcoEvents, &falco(&rows))
+            .await
+            .expect("append");
+        store.flush().await.expect("flush");
+    }
+    (dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_lookups_open_only_files_holding_the_key_and_answer_like_a_full_scan() {
+    let (dir, store) = lookup_store().await;
+    let q = engine(&store);
+    let snap = store.snapshot("falco_events").expect("snapshot");
+    assert_eq!(snap.files.len(), 6);
+    let sidecars: Vec<std::path::PathBuf> = snap
+        .files
+        .iter()
+        .map(|(p, _)| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".keys");
+            s.into()
+        })
+        .collect();
+    assert!(
+        sidecars.iter().all(|p| p.exists()),
+        "every file has a key index"
+    );
+
+    // Only the files of hours 2 and 4 are planned.
+    let plan = text(
+        &q.sql(
+            "EXPLAIN SELECT ts, pod FROM falco_events WHERE pod = 'rare'",
+            &NamespaceScope::all(),
+        )
+        .await
+        .expect("explain"),
+    );
+    for (path, f) in &snap.files {
+        let wanted = f.path.contains("hour=02") || f.path.contains("hour=04");
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        assert_eq!(plan.contains(name.as_ref()), wanted, "{}: {plan}", f.path);
+    }
+
+    let shop = NamespaceScope::only(["shop".to_string()]);
+    let queries: &[(&str, &NamespaceScope)] = &[
+        (
+            "SELECT ts, namespace, pod FROM falco_events WHERE pod = 'rare' ORDER BY ts",
+            &NamespaceScope::all(),
+        ),
+        (
+            "SELECT ts, pod FROM falco_events WHERE 'rare' = pod ORDER BY ts",
+            &shop,
+        ),
+        (
+            "SELECT ts, pod FROM falco_events WHERE pod IN ('rare', 'pod-3') ORDER BY ts, pod",
+            &NamespaceScope::all(),
+        ),
+        (
+            "SELECT count(*) FROM falco_events WHERE pod = 'pod-5' AND event_id LIKE 'ev-%'",
+            &NamespaceScope::all(),
+        ),
+        (
+            "SELECT pod FROM falco_events WHERE pod = 'rare' AND event_id = (SELECT min(event_id) FROM falco_events WHERE pod = 'rare')",
+            &NamespaceScope::all(),
+        ),
+        (
+            "SELECT count(*) FROM falco_events WHERE pod = 'absent'",
+            &NamespaceScope::all(),
+        ),
+        (
+            "SELECT count(*) FROM falco_events WHERE pod = 'rare' OR pod = 'pod-1'",
+            &NamespaceScope::all(),
+        ),
+    ];
+    let mut indexed = Vec::new();
+    for (sql, scope) in queries {
+        indexed.push(text(&q.sql(sql, scope).await.expect(sql)));
+    }
+    assert_eq!(indexed[0].matches("rare").count(), 6, "{}", indexed[0]);
+    assert_eq!(indexed[1].matches("rare").count(), 4, "{}", indexed[1]);
+    assert_eq!(indexed[5], "0");
+
+    // The same answers when every index is damaged, and when there is none.
+    for damage in [true, false] {
+        for p in &sidecars {
+            if damage {
+                let mut b = std::fs::read(p).expect("read");
+                let n = b.len();
+                b[n / 2] ^= 0x5a;
+                b[n - 1] ^= 0x5a;
+                std::fs::write(p, b).expect("write");
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        for ((sql, scope), want) in queries.iter().zip(&indexed) {
+            let got = text(&q.sql(sql, scope).await.expect(sql));
+            assert_eq!(&got, want, "{sql} (damaged: {damage})");
+        }
+    }
+    drop(dir);
+}
+
 fn audit_batch() -> (Arc<Schema>, RecordBatch) {
     let schema = Arc::new(Schema::new(vec![
         Field::new(

@@ -229,6 +229,14 @@ async fn a_crash_between_rename_and_commit_leaves_an_orphan_that_recovery_remove
     fs::copy(&file, &orphan).expect("copy orphan");
     let temp = orphan.with_file_name(".part-x.parquet.1234.tmp");
     fs::write(&temp, b"PAR1 half a file").expect("temp");
+    // And the orphan's key index.
+    let with_keys = |p: &std::path::Path| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".keys");
+        PathBuf::from(s)
+    };
+    let orphan_keys = with_keys(&orphan);
+    fs::copy(with_keys(&file), &orphan_keys).expect("copy orphan index");
 
     // A reader ignores both (it goes by the manifest) and sees the row once, from the WAL.
     let reader = Store::open_read_only(crash.path())
@@ -240,10 +248,10 @@ async fn a_crash_between_rename_and_commit_leaves_an_orphan_that_recovery_remove
         .expect("recover");
     assert_eq!(pods(&recovered, "falco_events"), expected(&["a"]));
     assert!(
-        !orphan.exists() && !temp.exists(),
-        "orphan and temp file are deleted"
+        !orphan.exists() && !temp.exists() && !orphan_keys.exists(),
+        "orphan, its index and the temp file are deleted"
     );
-    assert_eq!(recovered.stats().orphans_removed, 2);
+    assert_eq!(recovered.stats().orphans_removed, 3);
 }
 
 #[tokio::test]
@@ -366,6 +374,14 @@ async fn compaction_merges_small_files_of_an_hour_into_one_sorted_file() {
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .collect();
     assert_eq!(on_disk, vec![snap.files[0].0.clone()]);
+    // Key indexes go with their files: only the merged file's is left.
+    let indexes: Vec<PathBuf> = files_under(&dir.path().join("tables/falco_events"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "keys"))
+        .collect();
+    let mut merged_index = snap.files[0].0.clone().into_os_string();
+    merged_index.push(".keys");
+    assert_eq!(indexes, vec![PathBuf::from(merged_index)]);
     // A closed hour merges any two small files.
     store
         .append(

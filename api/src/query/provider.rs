@@ -7,9 +7,13 @@
 //! null namespace (cluster-scoped events) are outside every scope.
 //!
 //! Pruning: files whose `ts` range (from the manifest) cannot match the query's `ts` bounds are
-//! not opened at all; inside a file, DataFusion's Parquet reader prunes row groups and pages by
+//! not opened at all; for equality and `IN` filters on a key column (`id`, `pod`, `gpu_uuid`,
+//! `event_id`), each file's key index leaves out the files without such rows and selects the
+//! rows in the others; inside a file, DataFusion's Parquet reader prunes row groups and pages by
 //! statistics and bloom filters with the pushed-down predicates, the scope filter included.
 
+use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -20,9 +24,11 @@ use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::expressions::{Column, in_list, lit};
 use datafusion::physical_plan::ExecutionPlan;
@@ -31,7 +37,10 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 
-use crate::store::Store;
+use parquet::arrow::arrow_reader::RowSelection;
+
+use crate::store::keyindex::{KEY_COLUMNS, KeyIndex};
+use crate::store::{FileEntry, Store};
 
 /// `ts`, the column time pruning looks at.
 const TS: &str = "ts";
@@ -129,6 +138,14 @@ impl TableProvider for ScopedTable {
             .into_iter()
             .filter(|(_, f)| f.max_ts >= lo && f.min_ts <= hi)
             .collect();
+        let keys = key_predicates(filters);
+        let files: Vec<(PathBuf, FileEntry, Option<RowSelection>)> = if keys.is_empty() {
+            files.into_iter().map(|(p, f)| (p, f, None)).collect()
+        } else {
+            tokio::task::spawn_blocking(move || select_rows(files, &keys))
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+        };
         let tail: Vec<_> = snap
             .tail
             .into_iter()
@@ -142,11 +159,17 @@ impl TableProvider for ScopedTable {
             })
             .collect::<DfResult<_>>()?;
 
+        let all_selected = files.iter().all(|(_, _, sel)| sel.is_some());
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !files.is_empty() {
             let groups = file_groups(files, state.config().target_partitions().max(1));
-            let format =
-                ParquetFormat::default().with_options(state.table_options().parquet.clone());
+            let mut options = state.table_options().parquet.clone();
+            if all_selected {
+                // The key index already chose the rows: reading bloom filters would only
+                // repeat its answer, at a read per file.
+                options.global.bloom_filter_on_read = false;
+            }
+            let format = ParquetFormat::default().with_options(options);
             let source = format.file_source(self.schema.clone().into());
             let conf = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
                 .with_file_groups(groups)
@@ -195,24 +218,181 @@ impl TableProvider for ScopedTable {
     }
 }
 
-/// Spreads files over `n` groups, largest first onto the lightest group.
+/// Spreads files over `n` groups, largest first onto the lightest group (by the bytes a scan
+/// reads: a file read through a row selection weighs its selected share).
 fn file_groups(
-    mut files: Vec<(std::path::PathBuf, crate::store::FileEntry)>,
+    mut files: Vec<(PathBuf, FileEntry, Option<RowSelection>)>,
     n: usize,
 ) -> Vec<FileGroup> {
-    files.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+    let weight = |f: &FileEntry, sel: &Option<RowSelection>| match sel {
+        Some(s) => f.bytes * s.row_count() as u64 / f.rows.max(1),
+        None => f.bytes,
+    };
+    files.sort_by_key(|(_, f, sel)| std::cmp::Reverse(weight(f, sel)));
     let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
         (0..n.min(files.len())).map(|_| (0, Vec::new())).collect();
-    for (path, f) in files {
+    for (path, f, sel) in files {
         if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
-            g.0 += f.bytes;
-            g.1.push(PartitionedFile::new(
-                path.to_string_lossy().into_owned(),
-                f.bytes,
-            ));
+            g.0 += weight(&f, &sel);
+            let file = PartitionedFile::new(path.to_string_lossy().into_owned(), f.bytes);
+            g.1.push(match sel {
+                Some(sel) => file.with_extension(ParquetRowSelection::new(sel)),
+                None => file,
+            });
         }
     }
     groups.into_iter().map(|(_, f)| FileGroup::new(f)).collect()
+}
+
+/// The conjuncts of `filters` a key index answers: `(column, values)` for `column = 'v'`,
+/// `'v' = column` and `column IN ('v', …)` on a key column.
+pub(crate) fn key_predicates(filters: &[Expr]) -> Vec<(String, Vec<String>)> {
+    fn column(e: &Expr) -> Option<&str> {
+        match e {
+            Expr::Column(c) if KEY_COLUMNS.contains(&c.name.as_str()) => Some(&c.name),
+            Expr::Cast(c) => column(&c.expr),
+            _ => None,
+        }
+    }
+    fn string(e: &Expr) -> Option<String> {
+        match e {
+            Expr::Literal(
+                ScalarValue::Utf8(Some(v))
+                | ScalarValue::LargeUtf8(Some(v))
+                | ScalarValue::Utf8View(Some(v)),
+                _,
+            ) => Some(v.clone()),
+            Expr::Cast(c) => string(&c.expr),
+            _ => None,
+        }
+    }
+    fn visit(e: &Expr, out: &mut Vec<(String, Vec<String>)>) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
+                visit(left, out);
+                visit(right, out);
+            }
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => {
+                if let Some((c, v)) = column(left)
+                    .zip(string(right))
+                    .or_else(|| column(right).zip(string(left)))
+                {
+                    out.push((c.to_string(), vec![v]));
+                }
+            }
+            Expr::InList(InList {
+                expr,
+                list,
+                negated: false,
+            }) => {
+                if let (Some(c), Some(values)) = (
+                    column(expr),
+                    list.iter().map(string).collect::<Option<Vec<_>>>(),
+                ) {
+                    out.push((c.to_string(), values));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for f in filters {
+        visit(f, &mut out);
+    }
+    out
+}
+
+/// Asks each file's key index which rows can satisfy `keys`: files without such rows are
+/// left out, files where they are few get a row selection. A file without a usable index is
+/// read as a whole.
+fn select_rows(
+    files: Vec<(PathBuf, FileEntry)>,
+    keys: &[(String, Vec<String>)],
+) -> Vec<(PathBuf, FileEntry, Option<RowSelection>)> {
+    let mut out = Vec::with_capacity(files.len());
+    for (path, f) in files {
+        let rows = match KeyIndex::open(&path, f.rows, f.bytes) {
+            Ok(Some(mut ix)) => {
+                let mut rows: Option<Vec<u32>> = None;
+                let mut failed = None;
+                for (column, values) in keys {
+                    match ix.lookup(column, values) {
+                        Ok(Some(r)) => {
+                            rows = Some(match rows {
+                                None => r,
+                                Some(prev) => intersect(&prev, &r),
+                            })
+                        }
+                        Ok(None) => {}
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                match failed {
+                    Some(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "key index unusable; reading the whole file");
+                        None
+                    }
+                    None => rows,
+                }
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "key index unusable; reading the whole file");
+                None
+            }
+        };
+        match rows {
+            Some(r) if r.is_empty() => {}
+            // Selecting most of a file costs more than it saves.
+            Some(r) if (r.len() as u64) * 2 < f.rows => {
+                let total = usize::try_from(f.rows).unwrap_or(usize::MAX);
+                let sel = RowSelection::from_consecutive_ranges(runs(&r), total);
+                out.push((path, f, Some(sel)));
+            }
+            _ => out.push((path, f, None)),
+        }
+    }
+    out
+}
+
+/// The rows in both ascending lists.
+fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Ascending rows as ranges of consecutive rows.
+fn runs(rows: &[u32]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let start = *rows.get(i)? as usize;
+        let mut end = start + 1;
+        i += 1;
+        while rows.get(i).is_some_and(|&r| r as usize == end) {
+            end += 1;
+            i += 1;
+        }
+        Some(start..end)
+    })
 }
 
 /// The `[lo, hi]` range of `ts` (ns) that the conjunction of `filters` allows; conservative.
@@ -302,6 +482,37 @@ mod tests {
             Some(v),
             Some("UTC".into()),
         ))
+    }
+
+    #[test]
+    fn key_predicates_come_from_equalities_and_in_lists_on_key_columns_only() {
+        let keys = key_predicates(&[
+            col("pod").eq(lit("a")).and(lit("g").eq(col("gpu_uuid"))),
+            col("id").in_list(vec![lit("x"), lit("y")], false),
+        ]);
+        assert_eq!(
+            keys,
+            [
+                ("pod".to_string(), vec!["a".to_string()]),
+                ("gpu_uuid".to_string(), vec!["g".to_string()]),
+                ("id".to_string(), vec!["x".to_string(), "y".to_string()]),
+            ]
+        );
+        // A disjunction, a negation, another column or a non-literal says nothing.
+        assert!(key_predicates(&[col("pod").eq(lit("a")).or(col("pod").eq(lit("b")))]).is_empty());
+        assert!(key_predicates(&[col("pod").in_list(vec![lit("a")], true)]).is_empty());
+        assert!(key_predicates(&[col("rule").eq(lit("a"))]).is_empty());
+        assert!(key_predicates(&[col("pod").eq(col("container"))]).is_empty());
+        assert!(key_predicates(&[col("pod").not_eq(lit("a"))]).is_empty());
+    }
+
+    #[test]
+    fn runs_and_intersections() {
+        assert_eq!(
+            runs(&[1, 2, 3, 7, 9, 10]).collect::<Vec<_>>(),
+            [1..4, 7..8, 9..11]
+        );
+        assert_eq!(intersect(&[1, 3, 5, 7], &[2, 3, 7, 8]), [3, 7]);
     }
 
     #[test]

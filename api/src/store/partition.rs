@@ -3,16 +3,20 @@
 //!
 //! Files are zstd-compressed, carry column and page statistics (time and namespace pruning),
 //! bloom filters on the entity columns analysts pivot on (a point lookup by pod or GPU skips
-//! the row groups that cannot hold it), the `ts` sort order, and in their key-value metadata
-//! the table and the last WAL segment they cover (enough to rebuild a lost manifest).
+//! the row groups that cannot hold it), small pages and a key index beside them (such a
+//! lookup decodes only the pages holding its rows, see [`super::keyindex`]), the `ts` sort
+//! order, and in their key-value metadata the table and the last WAL segment they cover
+//! (enough to rebuild a lost manifest).
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{SortOptions, concat_batches, sort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
 use arrow::error::ArrowError;
+use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -20,7 +24,8 @@ use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use super::fs::{publish, remove_if_exists, temp_path};
+use super::fs::{publish, remove_if_exists, temp_path, write_atomic};
+use super::keyindex;
 use super::manifest::FileEntry;
 
 /// Nanoseconds per hour.
@@ -29,6 +34,16 @@ pub(crate) const NS_PER_HOUR: i64 = 3_600_000_000_000;
 pub(crate) const TS: &str = "ts";
 /// Columns that get a bloom filter when a table has them: the entities analysts look up.
 const BLOOM_COLUMNS: [&str; 4] = ["id", "pod", "gpu_uuid", "event_id"];
+
+/// Rows per data page at most: a lookup that selects a few rows through the key index
+/// decodes only the pages holding them.
+const ROWS_PER_PAGE: usize = 1024;
+/// Nearly unique text whose values average this many bytes or more is wide…
+const WIDE_VALUE_BYTES: usize = 64;
+/// …and gets pages of at most this many bytes before compression.
+const WIDE_PAGE_BYTES: usize = 16 * 1024;
+/// Rows written between page size checks (the granularity of the page limits).
+const PAGE_CHECK_ROWS: usize = 128;
 
 /// How files are written.
 #[derive(Debug, Clone)]
@@ -104,18 +119,56 @@ pub(crate) fn split_by_hour(
     Ok(out)
 }
 
+/// Columns of `batch` whose values look nearly unique (in a sample of up to 2,048 non-null rows
+/// spread over the batch, more than half are distinct), and whether each is wide text.
+fn high_cardinality(batch: &RecordBatch) -> Vec<(String, bool)> {
+    let rows = batch.num_rows();
+    let step = (rows / 2048).max(1);
+    let mut out = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let picked: Vec<u32> = (0..rows)
+            .step_by(step)
+            .filter(|&i| c.is_valid(i))
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        if picked.len() < 64 {
+            continue;
+        }
+        let Ok(sample) = arrow::compute::take(c, &UInt32Array::from(picked), None) else {
+            continue;
+        };
+        let Ok(converter) = RowConverter::new(vec![SortField::new(f.data_type().clone())]) else {
+            continue;
+        };
+        let Ok(encoded) = converter.convert_columns(&[sample]) else {
+            continue;
+        };
+        let distinct: HashSet<&[u8]> = encoded.iter().map(|r| r.data()).collect();
+        if distinct.len() * 2 > encoded.num_rows() {
+            let wide = c.as_string_opt::<i32>().is_some_and(|v| {
+                v.value_data().len() >= WIDE_VALUE_BYTES * v.len().saturating_sub(v.null_count())
+            });
+            out.push((f.name().clone(), wide));
+        }
+    }
+    out
+}
+
 fn properties(
-    schema: &SchemaRef,
+    batch: &RecordBatch,
     table: &str,
     wal_through: u64,
     opts: &WriteOptions,
 ) -> Result<WriterProperties, String> {
+    let schema = &batch.schema();
     let ts_idx = check_ts(schema)?;
     let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| e.to_string())?;
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(ROWS_PER_PAGE)
+        .set_write_batch_size(PAGE_CHECK_ROWS)
         .set_sorting_columns(Some(vec![SortingColumn {
             column_idx: i32::try_from(ts_idx).map_err(|e| e.to_string())?,
             descending: false,
@@ -125,6 +178,16 @@ fn properties(
             KeyValue::new("gpusiem.table".to_string(), table.to_string()),
             KeyValue::new("gpusiem.wal_through".to_string(), wal_through.to_string()),
         ]));
+    for (c, wide) in high_cardinality(batch) {
+        // A dictionary of nearly unique values is as large as the column and must be read
+        // whole before any one row can be, which makes a lookup of a few rows read the chunk;
+        // and a page of wide text costs a lookup its whole decompression for one value.
+        let c = ColumnPath::from(c);
+        b = b.set_column_dictionary_enabled(c.clone(), false);
+        if wide {
+            b = b.set_column_data_page_size_limit(c, WIDE_PAGE_BYTES);
+        }
+    }
     for c in BLOOM_COLUMNS {
         if schema
             .column_with_name(c)
@@ -152,7 +215,7 @@ pub(crate) fn write_file(
     let path = table_dir.join(rel_path);
     let dir = path.parent().ok_or("file path has no directory")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let props = properties(&schema, table, wal_through, opts)?;
+    let props = properties(batch, table, wal_through, opts)?;
     let tmp = temp_path(&path);
     let written = (|| -> Result<u64, String> {
         let file = OpenOptions::new()
@@ -169,6 +232,12 @@ pub(crate) fn write_file(
         let bytes = w.inner().metadata().map_err(|e| e.to_string())?.len();
         drop(w);
         publish(&tmp, &path).map_err(|e| e.to_string())?;
+        if let Some(index) = keyindex::build(batch, bytes) {
+            if let Err(e) = write_atomic(&keyindex::sidecar(&path), &index) {
+                let _ = remove_if_exists(&path);
+                return Err(format!("key index: {e}"));
+            }
+        }
         Ok(bytes)
     })();
     let bytes = match written {

@@ -15,6 +15,7 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 
 use super::fs::{is_temp_name, remove_empty_dirs, remove_if_exists, sync_dir, walk_files};
+use super::keyindex;
 use super::manifest::{FileEntry, Manifest};
 use super::partition::{self, WriteOptions, check_ts, hour_dir, split_by_hour};
 use super::wal::{self, WalWriter, list_segments, read_segment};
@@ -547,6 +548,13 @@ fn clean_table_dir(dir: &Path, manifest: &Manifest, rec: &mut Recovery) -> Resul
             // Written but never committed: its rows are still in the WAL.
             remove_if_exists(&p).map_err(|e| format!("removing {}: {e}", p.display()))?;
             rec.orphans_removed += 1;
+        } else if let Some(parquet) = name.strip_suffix(keyindex::SUFFIX) {
+            // The index of a file that is not (or no longer) listed.
+            let of = p.with_file_name(parquet);
+            if rel_path(dir, &of).is_none_or(|r| !listed.contains(r.as_str())) {
+                remove_if_exists(&p).map_err(|e| format!("removing {}: {e}", p.display()))?;
+                rec.orphans_removed += 1;
+            }
         }
     }
     remove_empty_dirs(dir);
