@@ -482,6 +482,12 @@ fn inspect(data: &Path) -> Debris {
             let meta = fs::metadata(&path).unwrap_or_else(|err| {
                 panic!("{}: listed in the manifest but {err}", path.display())
             });
+            // Every table but api_audit has key columns (pod, event_id…) to index.
+            assert!(
+                dir.ends_with("api_audit") || dir.join(format!("{rel}.keys")).exists(),
+                "{}: listed without its key index",
+                path.display()
+            );
             assert_eq!(
                 Some(meta.len()),
                 entry["bytes"].as_u64(),
@@ -508,6 +514,11 @@ fn inspect(data: &Path) -> Debris {
             }
             if is_temp(&name) {
                 debris.temp.push(path);
+            } else if let Some(of) = rel.strip_suffix(".keys") {
+                // A key index goes with its file: kept if the file is listed, else debris.
+                if !listed.contains_key(of) {
+                    debris.unlisted.push(path);
+                }
             } else {
                 assert!(
                     name.ends_with(".parquet"),
