@@ -49,7 +49,7 @@ fn finding(n: u64, now_ns: i64) -> Finding {
         id: format!("{n:032x}"),
         ts: now_ns,
         last_ts: now_ns,
-        detector: if n % 3 == 0 {
+        detector: if n.is_multiple_of(3) {
             "miner_fingerprint"
         } else {
             "gpu_memory_spike"

@@ -286,11 +286,11 @@ impl Config {
                 p.push(format!("rules.dirs[{i}]"), "not a directory");
             }
         }
-        if p.0.iter().all(|e| !e.path.starts_with("rules.")) {
-            if let Err(errors) = gpusiem_detect::rules::RuleSet::load(&self.rules) {
-                for e in errors {
-                    p.push("rules", e.to_string());
-                }
+        if p.0.iter().all(|e| !e.path.starts_with("rules."))
+            && let Err(errors) = gpusiem_detect::rules::RuleSet::load(&self.rules)
+        {
+            for e in errors {
+                p.push("rules", e.to_string());
             }
         }
         for e in self
@@ -355,10 +355,11 @@ fn validate_source(path: &str, s: &SourceConfig, p: &mut Problems) {
                     "one of gpu_metrics, falco_events, k8s_audit",
                 );
             }
-            if let Some(s) = start_at {
-                if s != "beginning" && s != "end" {
-                    p.push(format!("{path}.start_at"), "beginning or end");
-                }
+            if let Some(s) = start_at
+                && s != "beginning"
+                && s != "end"
+            {
+                p.push(format!("{path}.start_at"), "beginning or end");
             }
         }
         SourceConfig::Kafka {
@@ -380,16 +381,16 @@ fn validate_source(path: &str, s: &SourceConfig, p: &mut Problems) {
                 && k8s_audit_topic.is_none()
             {
                 p.push(
-                    format!("{path}"),
+                    path.to_string(),
                     "name at least one of gpu_metrics_topic, falco_events_topic, k8s_audit_topic",
                 );
             }
         }
         SourceConfig::Kubernetes { api_url, .. } => {
-            if let Some(u) = api_url {
-                if reqwest::Url::parse(u).is_err() {
-                    p.push(format!("{path}.api_url"), "must be a URL");
-                }
+            if let Some(u) = api_url
+                && reqwest::Url::parse(u).is_err()
+            {
+                p.push(format!("{path}.api_url"), "must be a URL");
             }
         }
     }

@@ -718,13 +718,13 @@ fn validate_matchers(path: &str, list: &[String], p: &mut Problems) {
 }
 
 fn validate_route(path: &str, r: &RouteConfig, notifiers: &BTreeSet<String>, p: &mut Problems) {
-    if let Some(rcv) = &r.receiver {
-        if !notifiers.contains(rcv) {
-            p.push(
-                format!("{path}.receiver"),
-                format!("no notifier named {rcv:?}"),
-            );
-        }
+    if let Some(rcv) = &r.receiver
+        && !notifiers.contains(rcv)
+    {
+        p.push(
+            format!("{path}.receiver"),
+            format!("no notifier named {rcv:?}"),
+        );
     }
     validate_matchers(&format!("{path}.matchers"), &r.matchers, p);
     if let Some(g) = &r.group_by {
@@ -752,18 +752,17 @@ pub fn validate(
         match s {
             SinkConfig::Loki(c) => {
                 http::validate_url(&format!("{path}.url"), &c.url, c.allow_loopback, p);
-                if let Some(t) = &c.tenant {
-                    if t.is_empty()
+                if let Some(t) = &c.tenant
+                    && (t.is_empty()
                         || t.len() > 150
                         || !t
                             .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "!-_.*'()".contains(c))
-                    {
-                        p.push(
-                            format!("{path}.tenant"),
-                            "1 to 150 characters: letters, digits and !-_.*'()",
-                        );
-                    }
+                            .all(|c| c.is_ascii_alphanumeric() || "!-_.*'()".contains(c)))
+                {
+                    p.push(
+                        format!("{path}.tenant"),
+                        "1 to 150 characters: letters, digits and !-_.*'()",
+                    );
                 }
                 if c.max_line_bytes < 1024 || c.max_line_bytes > 256 * 1024 {
                     p.push(
@@ -885,10 +884,10 @@ pub fn validate(
         }
     }
     let r = routing;
-    if let Some(rcv) = &r.receiver {
-        if !notifier_names.contains(rcv) {
-            p.push("routing.receiver", format!("no notifier named {rcv:?}"));
-        }
+    if let Some(rcv) = &r.receiver
+        && !notifier_names.contains(rcv)
+    {
+        p.push("routing.receiver", format!("no notifier named {rcv:?}"));
     }
     if r.group_by.is_empty() {
         p.push("routing.group_by", "name at least one field (or \"...\")");

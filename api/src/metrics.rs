@@ -291,7 +291,12 @@ impl prometheus_client::collector::Collector for StoreCollector {
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
         let tables = self.0.table_stats();
-        let gauges: [(&str, &str, fn(&crate::store::TableStats) -> i64); 5] = [
+        type Gauge = (
+            &'static str,
+            &'static str,
+            fn(&crate::store::TableStats) -> i64,
+        );
+        let gauges: [Gauge; 5] = [
             (
                 "gpusiem_store_files",
                 "Visible Parquet files by table",

@@ -244,11 +244,10 @@ impl Pipeline {
                 _ = ticker.tick() => {
                     self.maybe_reload_rules();
                     let now = gpusiem_ingest::source::now_nanos().saturating_sub(lateness);
-                    if now > self.engine.watermark() {
-                        if let Err(e) = self.tick(now).await {
+                    if now > self.engine.watermark()
+                        && let Err(e) = self.tick(now).await {
                             tracing::error!(error = %e, "tick failed");
                         }
-                    }
                 }
                 () = shutdown.cancelled() => break,
             }
@@ -258,10 +257,10 @@ impl Pipeline {
         while let Ok(batch) = rx.try_recv() {
             let _ = self.process(batch).await;
         }
-        if let Some(store) = &self.store {
-            if let Err(e) = store.close().await {
-                tracing::error!(error = %e, "flushing the store at shutdown failed");
-            }
+        if let Some(store) = &self.store
+            && let Err(e) = store.close().await
+        {
+            tracing::error!(error = %e, "flushing the store at shutdown failed");
         }
     }
 }

@@ -104,7 +104,7 @@ fn audit(i: usize) -> serde_json::Value {
     };
     let mut e = json!({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": format!("a{i}"), "stage": "ResponseComplete",
         "requestURI": format!("/api/v1/namespaces/{ns}/{resource}/x{i}"), "verb": verb,
-        "user": {"username": if i % 3 == 0 { "system:node:n1".to_string() } else { format!("user{}", i % 50) }, "groups": ["system:authenticated"]},
+        "user": {"username": if i.is_multiple_of(3) { "system:node:n1".to_string() } else { format!("user{}", i % 50) }, "groups": ["system:authenticated"]},
         "sourceIPs": ["10.0.0.1"], "userAgent": "kubectl/v1.31.0 (linux/amd64) kubernetes/abc",
         "objectRef": {"resource": resource, "namespace": ns, "name": format!("x{}", i % 1000), "apiVersion": "v1"},
         "responseStatus": {"code": 200}, "requestReceivedTimestamp": ts(i), "stageTimestamp": ts(i),

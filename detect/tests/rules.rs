@@ -282,7 +282,7 @@ fn spike(ns: &str, pod: &str, t: i64) -> Finding {
 
 enum Step {
     Event((Stream, Value)),
-    Finding(Finding),
+    Finding(Box<Finding>),
 }
 
 fn run(steps: Vec<Step>) -> Vec<Finding> {
@@ -291,7 +291,7 @@ fn run(steps: Vec<Step>) -> Vec<Finding> {
     for s in steps {
         match s {
             Step::Event((stream, v)) => out.extend(feed(&mut e, stream, &v)),
-            Step::Finding(f) => e.inject_findings(&[f], &mut out),
+            Step::Finding(f) => e.inject_findings(&[*f], &mut out),
         }
     }
     out
@@ -309,7 +309,7 @@ fn full_chain(ns: &str, pod: &str, offset: i64) -> Vec<Step> {
         Step::Event(exec("c1", ns, pod, offset)),
         Step::Event(shell("f-shell", ns, pod, offset + 10)),
         Step::Event(gpu_open("f-gpu", ns, pod, offset + 20)),
-        Step::Finding(spike(ns, pod, offset + 30)),
+        Step::Finding(Box::new(spike(ns, pod, offset + 30))),
         Step::Event(pool("f-pool", ns, pod, offset + 40)),
     ]
 }
@@ -367,7 +367,7 @@ fn steps_on_different_pods_do_not_correlate() {
         Step::Event(exec("c1", "ml", "a", 0)),
         Step::Event(shell("s1", "ml", "b", 10)),
         Step::Event(gpu_open("g1", "ml", "c", 20)),
-        Step::Finding(spike("ml", "d", 30)),
+        Step::Finding(Box::new(spike("ml", "d", 30))),
         Step::Event(pool("p1", "other", "a", 40)),
     ]);
     assert_eq!(incidents(&out).len(), 0);

@@ -1247,7 +1247,7 @@ pub fn falco_alerts(c: &Cluster, seed: u64, n: usize) -> Input {
             fd_json,
             q(&pod.namespace),
             q(&pod.name),
-            q(*r.pick(&["containerd-shim", "runc", "tini"])),
+            q(r.pick::<&str>(&["containerd-shim", "runc", "tini"])),
             q(cmdline),
             q(exepath),
             q(proc_name),

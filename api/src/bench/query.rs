@@ -996,13 +996,14 @@ impl World {
         let cluster_of = |node: usize| CLUSTERS[node * CLUSTERS.len() / NODES];
         let miner_evidence = matches!(d.kind, Kind::Miner) || slot.is_some();
         // Entity columns.
-        let (node, ns, pod, gpu, slot_idx): (
+        type Entities<'p> = (
             Option<usize>,
             Option<usize>,
-            Option<&Pod>,
+            Option<&'p Pod>,
             Option<usize>,
             Option<usize>,
-        ) = match d.kind {
+        );
+        let (node, ns, pod, gpu, slot_idx): Entities<'_> = match d.kind {
             _ if slot.is_some() => {
                 let s = slot.unwrap_or(0);
                 let p = &pods[s];

@@ -98,8 +98,8 @@ pub(crate) struct NotifierTarget<N>(pub Arc<N>);
 impl<N: Notifier> Target for NotifierTarget<N> {
     type Item = Alert;
 
-    fn prepare(&self) -> impl Future<Output = Result<(), Failure>> + Send {
-        async { Ok(()) }
+    async fn prepare(&self) -> Result<(), Failure> {
+        Ok(())
     }
 
     async fn send(&self, items: &[Alert]) -> Outcome {

@@ -144,12 +144,12 @@ impl Ranges {
         }
         let (mut s, mut e) = (start, end);
         // Merge with a range that starts before and reaches `start`.
-        if let Some((&ps, &pe)) = self.0.range(..=s).next_back() {
-            if pe >= s {
-                s = ps;
-                e = e.max(pe);
-                self.0.remove(&ps);
-            }
+        if let Some((&ps, &pe)) = self.0.range(..=s).next_back()
+            && pe >= s
+        {
+            s = ps;
+            e = e.max(pe);
+            self.0.remove(&ps);
         }
         // Merge with ranges that start inside or right after.
         let next: Vec<(u64, u64)> = self.0.range(s..=e).map(|(&a, &b)| (a, b)).collect();
@@ -722,10 +722,10 @@ impl Outbox {
         w.file = None;
         {
             let mut st = lock(&self.state);
-            if let Some(a) = st.active.take() {
-                if let Some(s) = st.segments.get_mut(&a) {
-                    s.sealed = true;
-                }
+            if let Some(a) = st.active.take()
+                && let Some(s) = st.segments.get_mut(&a)
+            {
+                s.sealed = true;
             }
         }
         self.delete_settled_segments();

@@ -419,10 +419,10 @@ fn visit(e: &Expr, b: &mut (i64, i64)) {
                 if let Some(v) = ts_literal(right) {
                     apply(*op, v, b);
                 }
-            } else if is_ts(right) {
-                if let (Some(v), Some(op)) = (ts_literal(left), op.swap()) {
-                    apply(op, v, b);
-                }
+            } else if is_ts(right)
+                && let (Some(v), Some(op)) = (ts_literal(left), op.swap())
+            {
+                apply(op, v, b);
             }
         }
         Expr::Between(Between {

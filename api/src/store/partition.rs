@@ -232,11 +232,11 @@ pub(crate) fn write_file(
         let bytes = w.inner().metadata().map_err(|e| e.to_string())?.len();
         drop(w);
         publish(&tmp, &path).map_err(|e| e.to_string())?;
-        if let Some(index) = keyindex::build(batch, bytes) {
-            if let Err(e) = write_atomic(&keyindex::sidecar(&path), &index) {
-                let _ = remove_if_exists(&path);
-                return Err(format!("key index: {e}"));
-            }
+        if let Some(index) = keyindex::build(batch, bytes)
+            && let Err(e) = write_atomic(&keyindex::sidecar(&path), &index)
+        {
+            let _ = remove_if_exists(&path);
+            return Err(format!("key index: {e}"));
         }
         Ok(bytes)
     })();

@@ -166,13 +166,13 @@ impl Table {
             None => rebuild_manifest(&dir, name, schema.as_ref(), admin_only)?,
         };
         let mut dirty = false;
-        if let Some(s) = &schema {
-            if manifest.schema().ok().as_ref() != Some(s) || manifest.admin_only != admin_only {
-                let fresh = Manifest::new(name, s, admin_only)?;
-                manifest.schema = fresh.schema;
-                manifest.admin_only = admin_only;
-                dirty = true;
-            }
+        if let Some(s) = &schema
+            && (manifest.schema().ok().as_ref() != Some(s) || manifest.admin_only != admin_only)
+        {
+            let fresh = Manifest::new(name, s, admin_only)?;
+            manifest.schema = fresh.schema;
+            manifest.admin_only = admin_only;
+            dirty = true;
         }
         let schema = manifest.schema()?;
         check_ts(&schema).map_err(|e| format!("table {name}: {e}"))?;
@@ -663,11 +663,11 @@ fn delete_segments_through(wal_dir: &Path, through: u64) {
     match list_segments(wal_dir) {
         Ok(segs) => {
             for (seq, path) in segs {
-                if seq <= through {
-                    if let Err(e) = remove_if_exists(&path) {
-                        // Harmless: the manifest says it is covered; the next open deletes it.
-                        tracing::warn!(segment = %path.display(), error = %e, "could not delete a flushed WAL segment");
-                    }
+                if seq <= through
+                    && let Err(e) = remove_if_exists(&path)
+                {
+                    // Harmless: the manifest says it is covered; the next open deletes it.
+                    tracing::warn!(segment = %path.display(), error = %e, "could not delete a flushed WAL segment");
                 }
             }
             let _ = sync_dir(wal_dir);

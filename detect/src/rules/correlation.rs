@@ -118,15 +118,15 @@ impl CorrelationState {
             self.late += 1;
             return;
         }
-        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
-            if let Some(oldest) = self
+        if !self.groups.contains_key(&key)
+            && self.groups.len() >= MAX_GROUPS
+            && let Some(oldest) = self
                 .groups
                 .iter()
                 .min_by_key(|(_, g)| g.newest)
                 .map(|(k, _)| k.clone())
-            {
-                self.groups.remove(&oldest);
-            }
+        {
+            self.groups.remove(&oldest);
         }
         let g = self.groups.entry(key.clone()).or_default();
         g.newest = g.newest.max(ev.ts);
@@ -273,7 +273,7 @@ fn evaluate(c: &Correlation, events: &VecDeque<Ev>) -> Option<Hit> {
             let chain = longest_ordered_chain(events, c.timespan_ns);
             let steps = c.rules.len();
             let need = c.min_rules.unwrap_or(steps).min(steps);
-            (chain.len() >= need).then(|| Hit {
+            (chain.len() >= need).then_some(Hit {
                 complete: chain.len() == steps,
                 events: chain,
             })

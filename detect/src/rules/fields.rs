@@ -513,10 +513,10 @@ impl<'a> Rows<'a> {
 
     /// The row's pod in the inventory.
     pub fn pod(&mut self, row: usize) -> Option<&'a PodInfo> {
-        if let Some((r, p)) = self.pod {
-            if r == row {
-                return p;
-            }
+        if let Some((r, p)) = self.pod
+            && r == row
+        {
+            return p;
         }
         let p = self.inventory.lookup(
             self.str(schema::POD_UID, row),
@@ -682,7 +682,7 @@ mod tests {
                 "path".into(),
             ],
             &mut |x| {
-                seen.push(x.clone().to_owned_string());
+                seen.push(x.clone().into_owned_string());
                 false
             },
         );
@@ -690,7 +690,7 @@ mod tests {
     }
 
     impl Val<'_> {
-        fn to_owned_string(self) -> String {
+        fn into_owned_string(self) -> String {
             match self {
                 Val::Str(s) => s.into_owned(),
                 Val::Int(i) => i.to_string(),

@@ -211,10 +211,10 @@ pub fn run(test: &RuleTest, set: &RuleSet, config: &RulesConfig) -> TestRun {
             })
         };
         let got = matches.get(&e.rule).copied().unwrap_or(0);
-        if let Some(want) = e.matches {
-            if got != want {
-                fail(format!("rule `{}`: {got} matches, expected {want}", e.rule));
-            }
+        if let Some(want) = e.matches
+            && got != want
+        {
+            fail(format!("rule `{}`: {got} matches, expected {want}", e.rule));
         }
         let mine: Vec<&Finding> = run
             .findings
@@ -224,14 +224,14 @@ pub fn run(test: &RuleTest, set: &RuleSet, config: &RulesConfig) -> TestRun {
         let mut ids: Vec<&str> = mine.iter().map(|f| f.id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
-        if let Some(want) = e.findings {
-            if ids.len() != want {
-                fail(format!(
-                    "rule `{}`: {} findings, expected {want}",
-                    e.rule,
-                    ids.len()
-                ));
-            }
+        if let Some(want) = e.findings
+            && ids.len() != want
+        {
+            fail(format!(
+                "rule `{}`: {} findings, expected {want}",
+                e.rule,
+                ids.len()
+            ));
         }
         if let Some(want) = e.severity {
             match mine.last() {

@@ -738,8 +738,11 @@ mod tests {
         assert_eq!(col(&d, "rule").value(1), "escaped\ttab");
     }
 
+    /// An alert as read: its top-level values, the promoted output fields, the tags.
+    type Reading<'a> = (Vec<Option<String>>, Fields<'a>, Vec<String>);
+
     /// The scanner's reading of an alert, or `None` where it gives up.
-    fn scanned(text: &str) -> Option<(Vec<Option<String>>, Fields<'_>, Vec<String>)> {
+    fn scanned(text: &str) -> Option<Reading<'_>> {
         let mut tags = Vec::new();
         let (a, fields) = scan_alert(Record::new(text), &mut tags)?;
         let tags = tags.into_iter().map(|r| text[r].to_string()).collect();
@@ -747,7 +750,7 @@ mod tests {
     }
 
     /// serde_json's reading of an alert (the decoder's slow path).
-    fn parsed(text: &str) -> Result<(Vec<Option<String>>, Fields<'_>, Vec<String>), RecordError> {
+    fn parsed(text: &str) -> Result<Reading<'_>, RecordError> {
         check_depth(text)?;
         let a: Alert<'_> = parse(text)?;
         let fields = match a.output_fields {

@@ -141,11 +141,11 @@ impl<'a> LabelBlocks<'a> {
     #[inline]
     fn find(&mut self, line: &[u8], open: usize) -> Option<(usize, usize)> {
         let rest = &line[open..];
-        if let Some(next) = self.blocks.get(self.last + 1) {
-            if rest.starts_with(next.text.as_bytes()) {
-                self.last += 1;
-                return Some((self.last, open + next.text.len()));
-            }
+        if let Some(next) = self.blocks.get(self.last + 1)
+            && rest.starts_with(next.text.as_bytes())
+        {
+            self.last += 1;
+            return Some((self.last, open + next.text.len()));
         }
         let close = memchr::memchr(b'}', rest)?;
         let found = *self.by_text.get(&rest[..=close])?;
@@ -407,19 +407,17 @@ fn parse_labels<'a>(
         }
         i += 1;
         let v_start = i;
-        let value = loop {
-            match memchr::memchr2(b'"', b'\\', &b[i..]) {
-                None => return Err(syntax("unterminated label value", v_start)),
-                Some(off) if b[i + off] == b'"' => {
-                    let end = i + off;
-                    i = end + 1;
-                    break Cow::Borrowed(&line[v_start..end]);
-                }
-                Some(off) => {
-                    let (value, next) = unescape(line, v_start, i + off)?;
-                    i = next;
-                    break Cow::Owned(value);
-                }
+        let value = match memchr::memchr2(b'"', b'\\', &b[i..]) {
+            None => return Err(syntax("unterminated label value", v_start)),
+            Some(off) if b[i + off] == b'"' => {
+                let end = i + off;
+                i = end + 1;
+                Cow::Borrowed(&line[v_start..end])
+            }
+            Some(off) => {
+                let (value, next) = unescape(line, v_start, i + off)?;
+                i = next;
+                Cow::Owned(value)
             }
         };
         if out.iter().any(|(n, _)| *n == name) {
@@ -783,10 +781,12 @@ mod tests {
     /// `parse_value` without the fast path, as it was.
     fn general(v: &str) -> Option<Option<f64>> {
         let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 20 && b.iter().all(u8::is_ascii_digit) {
-            if let Ok(n) = v.parse::<u64>() {
-                return Some((n < INT64_BLANK).then_some(n as f64));
-            }
+        if !b.is_empty()
+            && b.len() <= 20
+            && b.iter().all(u8::is_ascii_digit)
+            && let Ok(n) = v.parse::<u64>()
+        {
+            return Some((n < INT64_BLANK).then_some(n as f64));
         }
         let f: f64 = match v {
             "NaN" | "Nan" | "nan" => f64::NAN,

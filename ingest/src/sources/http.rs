@@ -140,9 +140,9 @@ async fn receive(
     };
     let bytes = match decompress(&headers, bytes, limit) {
         Ok(b) => b,
-        Err(resp) => {
-            cx.metrics.record_error("http", "bad_encoding");
-            return resp;
+        Err(refusal) => {
+            cx.metrics.record_error("http", refusal.reason());
+            return refusal.response(limit);
         }
     };
     let decode_cx = cx.decode_context(now_nanos());
@@ -206,7 +206,39 @@ async fn receive(
     }
 }
 
-fn decompress(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, Response> {
+/// Why a body's encoding was refused.
+enum Refusal {
+    /// Over the limit once decompressed.
+    TooLarge,
+    /// Says gzip, is not.
+    NotGzip,
+    /// Neither identity nor gzip.
+    Unsupported,
+}
+
+impl Refusal {
+    /// The error metric's reason.
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::TooLarge => "too_large",
+            Refusal::NotGzip | Refusal::Unsupported => "bad_encoding",
+        }
+    }
+
+    fn response(&self, limit: usize) -> Response {
+        match self {
+            Refusal::TooLarge => too_large(limit),
+            Refusal::NotGzip => error(StatusCode::BAD_REQUEST, "body is not valid gzip", None),
+            Refusal::Unsupported => error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported Content-Encoding (identity or gzip)",
+                None,
+            ),
+        }
+    }
+}
+
+fn decompress(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, Refusal> {
     match headers
         .get(header::CONTENT_ENCODING)
         .map(HeaderValue::as_bytes)
@@ -215,19 +247,13 @@ fn decompress(headers: &HeaderMap, bytes: Bytes, limit: usize) -> Result<Bytes, 
         Some(b"gzip") | Some(b"x-gzip") => {
             let mut out = Vec::with_capacity(bytes.len() * 4);
             let mut reader = flate2::read::GzDecoder::new(&bytes[..]).take(limit as u64 + 1);
-            reader
-                .read_to_end(&mut out)
-                .map_err(|_| error(StatusCode::BAD_REQUEST, "body is not valid gzip", None))?;
+            reader.read_to_end(&mut out).map_err(|_| Refusal::NotGzip)?;
             if out.len() > limit {
-                return Err(too_large(limit));
+                return Err(Refusal::TooLarge);
             }
             Ok(Bytes::from(out))
         }
-        Some(_) => Err(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported Content-Encoding (identity or gzip)",
-            None,
-        )),
+        Some(_) => Err(Refusal::Unsupported),
     }
 }
 

@@ -282,11 +282,11 @@ async fn template(State(cx): State<Ctx>, Path(name): Path<String>, body: Bytes) 
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let mut st = lock(&cx.state);
-    if v.get("data_stream").is_some() {
-        if let Some(p) = v["index_patterns"].as_array() {
-            st.data_streams
-                .extend(p.iter().filter_map(|x| x.as_str().map(str::to_string)));
-        }
+    if v.get("data_stream").is_some()
+        && let Some(p) = v["index_patterns"].as_array()
+    {
+        st.data_streams
+            .extend(p.iter().filter_map(|x| x.as_str().map(str::to_string)));
     }
     st.templates.insert(name, v);
     axum::Json(json!({"acknowledged": true})).into_response()

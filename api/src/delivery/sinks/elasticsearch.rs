@@ -601,7 +601,7 @@ mod tests {
         assert_eq!(dated, "gpusiem-findings-2024.05.07");
         let mut wild = finding("w");
         wild.last_ts = i64::MAX;
-        assert!(es(IndexMode::DatedIndex).index_for(&wild) < "gpusiem-findings-2100".to_string());
+        assert!(es(IndexMode::DatedIndex).index_for(&wild).as_str() < "gpusiem-findings-2100");
     }
 
     #[test]
