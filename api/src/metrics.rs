@@ -37,6 +37,22 @@ pub struct PipelineMetrics {
     pub state_bytes: Gauge,
     /// `gpusiem_pipeline_watermark_seconds`: event-time watermark.
     pub watermark_seconds: Gauge,
+    /// `gpusiem_detect_rule_matches_total{rule}`: events that matched each loaded rule's
+    /// detection (before correlation and deduplication).
+    pub rule_matches: Family<RuleLabels, Counter>,
+    /// `gpusiem_detect_late_events_total`: events correlations dropped for arriving later
+    /// than `allowed_lateness_secs`.
+    pub late_events: Counter,
+    /// `gpusiem_detect_inventory_pods`: pods the inventory knows (deleted ones within their
+    /// grace period included).
+    pub inventory_pods: Gauge,
+}
+
+/// Labels of per-rule counters: the rule's name (from the loaded rule files, so bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// Rule name.
+    pub rule: String,
 }
 
 /// Labels of API request counters: the route template (never the raw path), the method and
@@ -193,6 +209,21 @@ impl Metrics {
             "gpusiem_pipeline_watermark_seconds",
             "Event-time watermark",
             pipeline.watermark_seconds.clone(),
+        );
+        registry.register(
+            "gpusiem_detect_rule_matches",
+            "Events that matched each rule's detection",
+            pipeline.rule_matches.clone(),
+        );
+        registry.register(
+            "gpusiem_detect_late_events",
+            "Events dropped by correlations for arriving later than the allowed lateness",
+            pipeline.late_events.clone(),
+        );
+        registry.register(
+            "gpusiem_detect_inventory_pods",
+            "Pods the inventory knows",
+            pipeline.inventory_pods.clone(),
         );
         let api = ApiMetrics::register(&mut registry);
         let delivery = DeliveryMetrics::register(&mut registry);

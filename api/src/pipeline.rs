@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Delivery;
-use crate::metrics::{FindingLabels, Metrics};
+use crate::metrics::{FindingLabels, Metrics, RuleLabels};
 use crate::store::Store;
 
 /// The detection engine for `config`: inventory matchers, detectors and rules (the built-in
@@ -59,6 +59,15 @@ pub struct Pipeline {
     delivery: Option<Arc<Delivery>>,
     metrics: Arc<Metrics>,
     pods: Option<mpsc::Receiver<PodEvent>>,
+    /// Rule match and late-event totals already exported (the engine keeps running totals).
+    exported: Exported,
+}
+
+/// Engine totals already added to the counters.
+#[derive(Debug, Default)]
+struct Exported {
+    rule_matches: rustc_hash::FxHashMap<String, u64>,
+    late_events: u64,
 }
 
 impl Pipeline {
@@ -70,7 +79,7 @@ impl Pipeline {
         delivery: Option<Arc<Delivery>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Pipeline {
+        let mut p = Pipeline {
             engine,
             reload: None,
             quarantine,
@@ -78,7 +87,10 @@ impl Pipeline {
             delivery,
             metrics,
             pods: None,
-        }
+            exported: Exported::default(),
+        };
+        p.export_engine_figures();
+        p
     }
 
     /// Applies the `kubernetes` source's pod changes to the inventory, on the pipeline's own
@@ -185,7 +197,33 @@ impl Pipeline {
         Ok(findings)
     }
 
+    /// Brings the rule, lateness and inventory figures up to date. A rule's series exists
+    /// from the moment it is loaded, at 0.
+    fn export_engine_figures(&mut self) {
+        let m = &self.metrics.pipeline;
+        m.inventory_pods
+            .set(i64::try_from(self.engine.inventory().len()).unwrap_or(i64::MAX));
+        let Some(rules) = self.engine.rules() else {
+            return;
+        };
+        for (rule, n) in rules.matches() {
+            let last = self.exported.rule_matches.entry(rule.clone()).or_insert(0);
+            let counter = m.rule_matches.get_or_create(&RuleLabels { rule });
+            // A reloaded rule set restarts its totals; a total never goes back.
+            if n > *last {
+                counter.inc_by(n - *last);
+            }
+            *last = n;
+        }
+        let late = rules.late_events();
+        if late > self.exported.late_events {
+            m.late_events.inc_by(late - self.exported.late_events);
+        }
+        self.exported.late_events = late;
+    }
+
     async fn emit(&mut self, findings: &[Finding]) -> crate::Result<()> {
+        self.export_engine_figures();
         let m = &self.metrics.pipeline;
         m.series
             .set(self.engine.series().iter().map(|(_, n)| *n as i64).sum());

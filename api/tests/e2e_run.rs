@@ -141,6 +141,17 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
         ),
         "{metrics}"
     );
+    // The privileged nginx pod of the audit fixtures matched its rule.
+    let matched: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"gpusiem_detect_rule_matches_total{rule="gpu_reachable_without_gpu_request"} "#,
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rule match series: {metrics}"));
+    assert!(matched >= 1, "{metrics}");
 
     s.terminate();
 
@@ -166,6 +177,10 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
         r#"gpusiem_ingest_rows_total{stream="falco_events",source="http"} 0"#,
         r#"gpusiem_ingest_rows_total{stream="k8s_audit",source="http"} 0"#,
         r#"gpusiem_ingest_quarantined_total{stream="k8s_audit",reason="invalid_json"} 0"#,
+        r#"gpusiem_detect_rule_matches_total{rule="exec_into_gpu_pod"} 0"#,
+        r#"gpusiem_detect_rule_matches_total{rule="gpu_reachable_without_gpu_request"} 0"#,
+        "gpusiem_detect_late_events_total 0",
+        "gpusiem_detect_inventory_pods 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == series),

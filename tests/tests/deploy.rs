@@ -1841,7 +1841,7 @@ fn admission_policies_check_what_they_must() {
 async fn exposed_metrics() -> BTreeMap<String, BTreeSet<String>> {
     use gpusiem::delivery::metrics::{ReasonLabels, TargetLabels};
     use gpusiem::metrics::{
-        ApiReasonLabels, ApiRequestLabels, ApiRouteLabels, FindingLabels, Metrics,
+        ApiReasonLabels, ApiRequestLabels, ApiRouteLabels, FindingLabels, Metrics, RuleLabels,
     };
     use gpusiem_ingest::Stream;
     use gpusiem_ingest::decode::Reason;
@@ -1864,6 +1864,10 @@ async fn exposed_metrics() -> BTreeMap<String, BTreeSet<String>> {
             severity: "high",
             status: "firing",
         })
+        .inc();
+    m.pipeline
+        .rule_matches
+        .get_or_create(&RuleLabels { rule: "r".into() })
         .inc();
     m.api
         .requests
