@@ -133,7 +133,11 @@ pub enum SourceConfig {
     /// Scrape dcgm-exporter endpoints.
     DcgmScrape {
         /// `http://node:9400/metrics` URLs.
+        #[serde(default)]
         targets: Vec<String>,
+        /// Also scrape every running dcgm-exporter pod the Kubernetes API reports.
+        #[serde(default)]
+        discover: Option<DcgmDiscoverConfig>,
         /// Seconds between scrapes.
         #[serde(default = "default_scrape_interval")]
         interval_secs: u64,
@@ -182,6 +186,48 @@ pub enum SourceConfig {
         #[serde(default)]
         ca_file: Option<PathBuf>,
     },
+}
+
+/// `discover` of a `dcgm_scrape` source: which pods are dcgm-exporters, and where they serve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcgmDiscoverConfig {
+    /// Namespace of the exporter pods (`gpu-operator` with NVIDIA's GPU Operator).
+    pub namespace: String,
+    /// Label selector of the exporter pods.
+    #[serde(default = "default_dcgm_selector")]
+    pub label_selector: String,
+    /// The exporter's port.
+    #[serde(default = "default_dcgm_port")]
+    pub port: u16,
+    /// `http` or `https`.
+    #[serde(default = "default_dcgm_scheme")]
+    pub scheme: String,
+    /// The metrics path.
+    #[serde(default = "default_dcgm_path")]
+    pub path: String,
+    /// API server URL; default from `KUBERNETES_SERVICE_HOST`/`PORT`.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Bearer token file; default the service-account token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// CA bundle; default the service-account CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_dcgm_selector() -> String {
+    "app=nvidia-dcgm-exporter".into()
+}
+fn default_dcgm_port() -> u16 {
+    9400
+}
+fn default_dcgm_scheme() -> String {
+    "http".into()
+}
+fn default_dcgm_path() -> String {
+    "/metrics".into()
 }
 
 fn default_scrape_interval() -> u64 {
@@ -324,11 +370,34 @@ fn validate_source(path: &str, s: &SourceConfig, p: &mut Problems) {
     match s {
         SourceConfig::DcgmScrape {
             targets,
+            discover,
             interval_secs,
             timeout_secs,
         } => {
-            if targets.is_empty() {
-                p.push(format!("{path}.targets"), "at least one target");
+            if targets.is_empty() && discover.is_none() {
+                p.push(
+                    format!("{path}.targets"),
+                    "at least one target, or discover",
+                );
+            }
+            if let Some(d) = discover {
+                if d.namespace.is_empty() {
+                    p.push(format!("{path}.discover.namespace"), "must not be empty");
+                }
+                if d.port == 0 {
+                    p.push(format!("{path}.discover.port"), "must be positive");
+                }
+                if !matches!(d.scheme.as_str(), "http" | "https") {
+                    p.push(format!("{path}.discover.scheme"), "http or https");
+                }
+                if !d.path.starts_with('/') {
+                    p.push(format!("{path}.discover.path"), "must start with /");
+                }
+                if let Some(u) = &d.api_url
+                    && reqwest::Url::parse(u).is_err()
+                {
+                    p.push(format!("{path}.discover.api_url"), "must be a URL");
+                }
             }
             for (i, t) in targets.iter().enumerate() {
                 match reqwest::Url::parse(t) {
@@ -521,6 +590,46 @@ baseline_alpha = 0.0
             [
                 "inventory.serving_images[1]",
                 "detectors.gpu_memory_spike.baseline_alpha"
+            ]
+        );
+    }
+
+    #[test]
+    fn dcgm_discovery_stands_in_for_targets_and_is_checked() {
+        let ok = Config::parse(
+            "[[sources]]\ntype = \"dcgm_scrape\"\ndiscover = { namespace = \"gpu-operator\" }\n",
+        )
+        .expect("parse");
+        assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+        match &ok.sources[0] {
+            SourceConfig::DcgmScrape {
+                discover: Some(d), ..
+            } => {
+                assert_eq!(
+                    (
+                        d.label_selector.as_str(),
+                        d.port,
+                        d.scheme.as_str(),
+                        d.path.as_str()
+                    ),
+                    ("app=nvidia-dcgm-exporter", 9400, "http", "/metrics")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = Config::parse(
+            "[[sources]]\ntype = \"dcgm_scrape\"\ndiscover = { namespace = \"\", port = 0, scheme = \"ftp\", path = \"metrics\" }\n\n[[sources]]\ntype = \"dcgm_scrape\"\n",
+        )
+        .expect("parse");
+        let paths: Vec<String> = bad.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "sources[0].discover.namespace",
+                "sources[0].discover.port",
+                "sources[0].discover.scheme",
+                "sources[0].discover.path",
+                "sources[1].targets",
             ]
         );
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use gpusiem_ingest::Stream;
 use gpusiem_ingest::quarantine::QuarantineWriter;
 use gpusiem_ingest::source::{Source, SourceContext};
-use gpusiem_ingest::sources::dcgm_scrape::{DcgmScrape, DcgmScrapeConfig};
+use gpusiem_ingest::sources::dcgm_scrape::{DcgmScrape, DcgmScrapeConfig, Discovery};
 use gpusiem_ingest::sources::file::{FileSource, FileSourceConfig, StartAt};
 use gpusiem_ingest::sources::http::{HttpReceiverConfig, HttpReceivers};
 use gpusiem_ingest::sources::kafka::{KafkaSource, KafkaSourceConfig, KafkaTopics};
@@ -280,12 +280,26 @@ fn build_source(
     Ok(match s {
         SourceConfig::DcgmScrape {
             targets,
+            discover,
             interval_secs,
             timeout_secs,
         } => Some(Box::new(DcgmScrape::new(DcgmScrapeConfig {
             targets: targets.clone(),
             interval: Duration::from_secs(*interval_secs),
             timeout: Duration::from_secs(*timeout_secs),
+            discovery: discover.as_ref().map(|d| Discovery {
+                kubernetes: KubernetesConfig {
+                    api_server: d.api_url.clone(),
+                    token_file: d.token_file.clone(),
+                    ca_file: d.ca_file.clone(),
+                    namespace: Some(d.namespace.clone()),
+                    label_selector: Some(d.label_selector.clone()),
+                    ..KubernetesConfig::default()
+                },
+                port: d.port,
+                scheme: d.scheme.clone(),
+                path: d.path.clone(),
+            }),
             ..DcgmScrapeConfig::default()
         }))),
         SourceConfig::File {

@@ -196,6 +196,7 @@ async fn serve(fake: Fake) -> anyhow::Result<(Arc<Fake>, String)> {
     let fake = Arc::new(fake);
     let app = Router::new()
         .route("/api/v1/pods", get(pods))
+        .route("/api/v1/namespaces/{namespace}/pods", get(pods))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -629,5 +630,121 @@ async fn shutdown_or_a_dropped_receiver_ends_run_with_ok() -> anyhow::Result<()>
         .context("run did not stop")??
         .context("run failed")?;
     assert!(!shutdown.is_cancelled());
+    Ok(())
+}
+
+/// A dcgm-exporter pod of the GPU Operator's DaemonSet.
+fn exporter_pod(uid: &str, phase: &str, ip: Option<&str>) -> Value {
+    let mut status = json!({"phase": phase});
+    if let Some(ip) = ip {
+        status["podIP"] = json!(ip);
+    }
+    json!({
+        "metadata": {"uid": uid, "name": format!("nvidia-dcgm-exporter-{uid}"),
+                     "namespace": "gpu-operator", "resourceVersion": "7",
+                     "labels": {"app": "nvidia-dcgm-exporter"}},
+        "spec": {"nodeName": "gpu-node-1", "containers": [{"name": "nvidia-dcgm-exporter",
+                 "image": "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.5-3.4.0-ubuntu22.04"}]},
+        "status": status
+    })
+}
+
+#[tokio::test]
+async fn dcgm_scrape_discovers_running_exporter_pods_through_the_api() -> anyhow::Result<()> {
+    use gpusiem_ingest::Stream;
+    use gpusiem_ingest::metrics::IngestMetrics;
+    use gpusiem_ingest::source::{Source, SourceContext};
+    use gpusiem_ingest::sources::dcgm_scrape::{DcgmScrape, DcgmScrapeConfig, Discovery};
+
+    // The exporter: a real dcgm-exporter scrape, counted.
+    let scrapes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/real/dcgm/kops-aws-l4-metrics.prom"),
+    )?;
+    let counter = scrapes.clone();
+    let exporter = Router::new().route(
+        "/metrics",
+        get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { axum::serve(listener, exporter).await });
+
+    // The API server lists one running exporter and one still pending (no IP yet).
+    let fake = Fake::default();
+    *fake.token.lock().expect("lock") = "t0k3n".into();
+    fake.lists.lock().expect("lock").push_back(pod_list(
+        "10",
+        vec![
+            exporter_pod("e1", "Running", Some("127.0.0.1")),
+            exporter_pod("e2", "Pending", None),
+        ],
+    ));
+    let (fake, url) = serve(fake).await?;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0k3n\n")?;
+
+    let config = DcgmScrapeConfig {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_secs(5),
+        discovery: Some(Discovery {
+            kubernetes: KubernetesConfig {
+                api_server: Some(url),
+                token_file: Some(token_file),
+                namespace: Some("gpu-operator".into()),
+                label_selector: Some("app=nvidia-dcgm-exporter".into()),
+                ..KubernetesConfig::default()
+            },
+            port,
+            scheme: "http".into(),
+            path: "/metrics".into(),
+        }),
+        ..DcgmScrapeConfig::default()
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let cx = SourceContext::new(tx, shutdown.clone(), IngestMetrics::default());
+    let task = tokio::spawn(Box::new(DcgmScrape::new(config)).run(cx));
+
+    let batch = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .context("no scrape in time")?
+        .context("channel closed")?;
+    ensure!(batch.stream == Stream::GpuMetrics);
+    ensure!(
+        batch.records.num_rows() > 0,
+        "the scrape decoded no samples"
+    );
+    let origin = format!("dcgm_scrape:http://127.0.0.1:{port}/metrics");
+    ensure!(*batch.origin == *origin, "{} != {origin}", batch.origin);
+    // Only the running pod is scraped, again and again.
+    for _ in 0..2 {
+        let b = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .context("no scrape in time")?
+            .context("channel closed")?;
+        ensure!(*b.origin == *origin, "{}", b.origin);
+    }
+    ensure!(scrapes.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    // The watcher asked for the exporters' namespace and labels.
+    let lists = fake.lists_seen();
+    ensure!(
+        lists
+            .first()
+            .and_then(|s| s.query.get("labelSelector"))
+            .map(String::as_str)
+            == Some("app=nvidia-dcgm-exporter"),
+        "{lists:?}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await??
+        .context("run failed")?;
     Ok(())
 }
