@@ -8,7 +8,7 @@
 //! order, and in their key-value metadata the table and the last WAL segment they cover
 //! (enough to rebuild a lost manifest).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
@@ -19,7 +19,7 @@ use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -154,6 +154,25 @@ fn high_cardinality(batch: &RecordBatch) -> Vec<(String, bool)> {
     out
 }
 
+/// Whether Parquet stores `dt` as INT32 or INT64 (delta encoding applies).
+fn is_integer_like(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Timestamp(_, _)
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Duration(_)
+    )
+}
+
 fn properties(
     batch: &RecordBatch,
     table: &str,
@@ -178,14 +197,37 @@ fn properties(
             KeyValue::new("gpusiem.table".to_string(), table.to_string()),
             KeyValue::new("gpusiem.wal_through".to_string(), wal_through.to_string()),
         ]));
-    for (c, wide) in high_cardinality(batch) {
-        // A dictionary of nearly unique values is as large as the column and must be read
-        // whole before any one row can be, which makes a lookup of a few rows read the chunk;
-        // and a page of wide text costs a lookup its whole decompression for one value.
-        let c = ColumnPath::from(c);
-        b = b.set_column_dictionary_enabled(c.clone(), false);
-        if wide {
-            b = b.set_column_data_page_size_limit(c, WIDE_PAGE_BYTES);
+    let unique: HashMap<String, bool> = high_cardinality(batch).into_iter().collect();
+    for f in schema.fields() {
+        let dt = f.data_type();
+        if dt.is_nested() {
+            continue;
+        }
+        let c = ColumnPath::from(f.name().as_str());
+        match unique.get(f.name()) {
+            // A dictionary of nearly unique values is as large as the column and must be read
+            // whole before any one row can be, which makes a lookup of a few rows read the
+            // chunk; and a page of wide text costs a lookup its whole decompression for one
+            // value. Text stays compressed.
+            Some(&wide) => {
+                b = b.set_column_dictionary_enabled(c.clone(), false);
+                if wide {
+                    b = b.set_column_data_page_size_limit(c.clone(), WIDE_PAGE_BYTES);
+                }
+                if is_integer_like(dt) {
+                    // Delta encoding packs times and counters tightly without a codec.
+                    b = b
+                        .set_column_encoding(c.clone(), Encoding::DELTA_BINARY_PACKED)
+                        .set_column_compression(c, Compression::UNCOMPRESSED);
+                }
+            }
+            // Dictionary indices (and sparse or constant values) are small already: zstd would
+            // save little, and opening a zstd codec per column chunk costs more than a point
+            // lookup's whole decode.
+            None if !matches!(dt, DataType::Float32 | DataType::Float64) => {
+                b = b.set_column_compression(c, Compression::UNCOMPRESSED);
+            }
+            None => {}
         }
     }
     for c in BLOOM_COLUMNS {
@@ -321,4 +363,77 @@ pub(crate) fn describe_file(
         max_ts,
     };
     Ok((entry, wal_through, schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{StringArray, TimestampNanosecondArray};
+    use arrow::datatypes::{Field, Schema};
+    use parquet::file::reader::FileReader;
+    use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
+
+    use super::*;
+
+    #[test]
+    fn unique_columns_skip_the_dictionary_and_narrow_ones_the_codec() {
+        let n = 5000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                TS,
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("pod", DataType::Utf8, true),
+            Field::new("summary", DataType::Utf8, true),
+        ]));
+        let ts = TimestampNanosecondArray::from_iter_values((0..n).map(|i| i * 1_000_003))
+            .with_timezone("UTC");
+        let pods = StringArray::from_iter_values((0..n).map(|i| format!("pod-{}", i % 7)));
+        let summaries = StringArray::from_iter_values(
+            (0..n).map(|i| format!("GPU memory rose {i} MiB over its baseline on a pod")),
+        );
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(ts), Arc::new(pods), Arc::new(summaries)],
+        )
+        .expect("batch");
+        let dir = tempfile::tempdir().expect("tmp");
+        let opts = WriteOptions {
+            zstd_level: 3,
+            row_group_rows: 1 << 20,
+        };
+        let entry =
+            write_file(dir.path(), "part.parquet", 0, &batch, "t", 0, &opts).expect("written");
+        let path = dir.path().join(&entry.path);
+        let options = ReadOptionsBuilder::new().with_page_index().build();
+        let reader =
+            SerializedFileReader::new_with_options(File::open(&path).expect("open"), options)
+                .expect("read");
+        let rg = reader.metadata().row_group(0);
+        let column = |name: &str| {
+            rg.columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .expect("column")
+        };
+        let ts = column(TS);
+        assert_eq!(ts.compression(), Compression::UNCOMPRESSED);
+        assert!(ts.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
+        assert!(ts.dictionary_page_offset().is_none());
+        let pod = column("pod");
+        assert_eq!(pod.compression(), Compression::UNCOMPRESSED);
+        assert!(pod.dictionary_page_offset().is_some());
+        let summary = column("summary");
+        assert!(matches!(summary.compression(), Compression::ZSTD(_)));
+        assert!(summary.dictionary_page_offset().is_none());
+        // Pages of at most ROWS_PER_PAGE rows, and the key index beside the file.
+        let pages = reader
+            .metadata()
+            .offset_index()
+            .map_or(0, |o| o[0][0].page_locations().len());
+        assert!(pages >= n as usize / ROWS_PER_PAGE, "{pages} pages");
+        assert!(keyindex::sidecar(&path).exists());
+    }
 }
