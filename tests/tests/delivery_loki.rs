@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gpusiem::delivery::Clock;
 use gpusiem_detect::Severity;
-use gpusiem_tests::delivery::{assert_balanced, dead_letters, findings, settled, start};
+use gpusiem_tests::delivery::{Running, assert_balanced, dead_letters, findings, settled, start};
 use gpusiem_tests::fakes::loki::{FakeLoki, Reply};
 use gpusiem_tests::fakes::{any_port, wait_until};
 
@@ -138,15 +138,24 @@ async fn rate_limits_and_server_errors_are_retried_with_backoff() {
     assert_balanced(&run).await;
 }
 
-async fn refused_once(reply: Reply, why: &str) {
+/// A fake Loki that answers with `replies` first, and `n` findings enqueued for it.
+async fn scripted(
+    replies: impl IntoIterator<Item = Reply>,
+    n: usize,
+) -> (FakeLoki, tempfile::TempDir, Running) {
     let loki = FakeLoki::start(any_port()).await;
-    loki.script.push([reply]);
+    loki.script.push(replies);
     let dir = tempfile::tempdir().expect("tmp");
     let run = start(&config(&loki.url(), "json"), dir.path(), Clock::Wall).await;
     run.delivery
-        .enqueue(&findings(5, "gpu_memory_spike", "shop", Severity::High))
+        .enqueue(&findings(n, "gpu_memory_spike", "shop", Severity::High))
         .await
         .expect("enqueue");
+    (loki, dir, run)
+}
+
+async fn refused_once(reply: Reply, why: &str) {
+    let (loki, dir, run) = scripted([reply], 5).await;
     assert!(
         wait_until(WAIT, || run.metrics.accounting("sink:loki").dead_lettered
             == 5)
@@ -198,15 +207,8 @@ async fn too_far_behind_400_is_dead_lettered_not_retried() {
 
 #[tokio::test]
 async fn request_too_large_413_is_sent_again_in_halves() {
-    let loki = FakeLoki::start(any_port()).await;
     // The whole batch and then its first half are too large; the rest fits.
-    loki.script.push([Reply::too_large(), Reply::too_large()]);
-    let dir = tempfile::tempdir().expect("tmp");
-    let run = start(&config(&loki.url(), "json"), dir.path(), Clock::Wall).await;
-    run.delivery
-        .enqueue(&findings(5, "gpu_memory_spike", "shop", Severity::High))
-        .await
-        .expect("enqueue");
+    let (loki, _dir, run) = scripted([Reply::too_large(), Reply::too_large()], 5).await;
     assert!(wait_until(WAIT, || loki.stored_entries() == 5).await);
     let sizes: Vec<usize> = loki.pushes().iter().map(|p| p.entries().count()).collect();
     // 5 refused, 2 refused, then 1 + 1 + 3: every finding once, in order.
@@ -221,14 +223,7 @@ async fn request_too_large_413_is_sent_again_in_halves() {
 
 #[tokio::test]
 async fn a_single_finding_refused_as_too_large_is_dead_lettered() {
-    let loki = FakeLoki::start(any_port()).await;
-    loki.script.push([Reply::too_large()]);
-    let dir = tempfile::tempdir().expect("tmp");
-    let run = start(&config(&loki.url(), "json"), dir.path(), Clock::Wall).await;
-    run.delivery
-        .enqueue(&findings(1, "gpu_memory_spike", "shop", Severity::High))
-        .await
-        .expect("enqueue");
+    let (loki, dir, run) = scripted([Reply::too_large()], 1).await;
     assert!(
         wait_until(WAIT, || run.metrics.accounting("sink:loki").dead_lettered
             == 1)
