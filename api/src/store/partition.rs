@@ -32,8 +32,6 @@ use super::manifest::FileEntry;
 pub(crate) const NS_PER_HOUR: i64 = 3_600_000_000_000;
 /// The event-time column every stored table has.
 pub(crate) const TS: &str = "ts";
-/// Columns that get a bloom filter when a table has them: the entities analysts look up.
-const BLOOM_COLUMNS: [&str; 4] = ["id", "pod", "gpu_uuid", "event_id"];
 
 /// Rows per data page at most: a lookup that selects a few rows through the key index
 /// decodes only the pages holding them.
@@ -230,7 +228,8 @@ fn properties(
             None => {}
         }
     }
-    for c in BLOOM_COLUMNS {
+    // Bloom filters on the key columns serve readers without the key index (DuckDB, Spark).
+    for c in keyindex::KEY_COLUMNS {
         if schema
             .column_with_name(c)
             .is_some_and(|(_, f)| f.data_type() == &DataType::Utf8)
