@@ -206,9 +206,20 @@ impl Pipeline {
         let Some(rules) = self.engine.rules() else {
             return;
         };
+        // Runs once per batch: labels are built only for a rule seen first or matched since.
         for (rule, n) in rules.matches() {
-            let last = self.exported.rule_matches.entry(rule.clone()).or_insert(0);
-            let counter = m.rule_matches.get_or_create(&RuleLabels { rule });
+            let last = match self.exported.rule_matches.get_mut(rule) {
+                Some(last) if *last == n => continue,
+                Some(last) => last,
+                None => self
+                    .exported
+                    .rule_matches
+                    .entry(rule.to_string())
+                    .or_insert(0),
+            };
+            let counter = m.rule_matches.get_or_create(&RuleLabels {
+                rule: rule.to_string(),
+            });
             // A reloaded rule set restarts its totals; a total never goes back.
             if n > *last {
                 counter.inc_by(n - *last);

@@ -435,13 +435,12 @@ impl RuleEngine {
     }
 
     /// Matches per rule name so far.
-    pub fn matches(&self) -> FxHashMap<String, u64> {
+    pub fn matches(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.set
             .rules
             .iter()
             .zip(&self.matches)
-            .map(|(r, n)| (r.name.clone(), *n))
-            .collect()
+            .map(|(r, n)| (r.name.as_str(), *n))
     }
 
     /// Swaps in a new rule set. Episode and correlation state is kept for rules whose text did

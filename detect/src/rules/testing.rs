@@ -201,7 +201,10 @@ pub fn run(test: &RuleTest, set: &RuleSet, config: &RulesConfig) -> TestRun {
             }
         }
     }
-    let matches = engine.rules().map(RuleEngine::matches).unwrap_or_default();
+    let matches: std::collections::HashMap<String, u64> = engine
+        .rules()
+        .map(|r| r.matches().map(|(k, n)| (k.to_string(), n)).collect())
+        .unwrap_or_default();
     for e in &test.expect {
         let mut fail = |message: String| {
             run.failures.push(RuleError {
