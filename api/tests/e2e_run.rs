@@ -127,14 +127,7 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
             .iter()
             .all(|r| r["principal"] == "anonymous" && r["status"] == 200)
     );
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics(&client).await;
     assert!(
         metrics.contains(
             "gpusiem_api_requests_total{route=\"/ingest/falco\",method=\"POST\",status=\"200\"} 1"
@@ -158,14 +151,7 @@ async fn run_receives_fixtures_and_answers_them_through_sql() {
     // What was acknowledged is still there after a clean stop, flushed: nothing is left to
     // recover from the write-ahead log.
     let s = start(&data);
-    let metrics = client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics(&client).await;
     assert!(
         metrics
             .lines()

@@ -116,6 +116,18 @@ impl Service {
         }
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self, client: &reqwest::Client) -> String {
+        client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `POST /api/v1/query`; asserts 200 and returns the JSON answer.
     pub async fn query(&self, client: &reqwest::Client, sql: &str) -> serde_json::Value {
         let r = client
