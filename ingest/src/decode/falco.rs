@@ -114,7 +114,7 @@ struct Alert<'a> {
     uuid: Option<JStr<'a>>,
     #[serde(borrow, default)]
     tags: Option<Vec<JStr<'a>>>,
-    /// The tags are in the builder's `tag_ranges` (read by [`scan_alert`]), not in `tags`.
+    /// The tags are in the builder's `tag_ranges` (read by [`read_alert`]), not in `tags`.
     #[serde(skip)]
     tags_scanned: bool,
     #[serde(borrow, default)]
@@ -200,33 +200,46 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
-/// Reads an alert in one pass with the [`Scanner`]: `None` when serde_json must read it (see
-/// the scanner's contract). Mirrors `Alert`'s derived `Deserialize` (unknown keys skipped, a
-/// known key twice is an error: gives up) and `Fields`' visitor (keys in order, the last one
-/// wins).
-///
-/// The tags go to `tags`, as ranges of the record (a tag with escapes gives up: tags have none),
-/// which spares a list per alert.
+/// [`read_alert`] into fresh structures.
+#[cfg(test)]
 fn scan_alert<'a>(
     record: Record<'a>,
     tags: &mut Vec<Range<usize>>,
 ) -> Option<(Alert<'a>, Fields<'a>)> {
-    tags.clear();
-    let mut s = Scanner::for_record(record);
     let mut a = Alert::default();
     let mut fields = Fields::default();
+    read_alert(record, tags, &mut a, &mut fields)?;
+    Some((a, fields))
+}
+
+/// Reads an alert in one pass with the [`Scanner`] into `a` and `fields`, which start as their
+/// defaults: `None` when serde_json must read it (see the scanner's contract; `a` and `fields`
+/// then hold anything). Mirrors `Alert`'s derived `Deserialize` (unknown keys skipped, a known
+/// key twice is an error: gives up) and `Fields`' visitor (keys in order, the last one wins).
+///
+/// The tags go to `tags`, as ranges of the record (a tag with escapes gives up: tags have none),
+/// which spares a list per alert.
+fn read_alert<'a>(
+    record: Record<'a>,
+    tags: &mut Vec<Range<usize>>,
+    a: &mut Alert<'a>,
+    fields: &mut Fields<'a>,
+) -> Option<()> {
+    tags.clear();
+    let mut s = Scanner::for_record(record);
     let mut seen = 0u16;
     s.object(|s, key| {
-        let bit = match key {
-            b"time" => 0,
-            b"rule" => 1,
-            b"priority" => 2,
-            b"source" => 3,
-            b"hostname" => 4,
-            b"output" => 5,
-            b"uuid" => 6,
-            b"tags" => 7,
-            b"output_fields" => 8,
+        let is = |name: &[u8]| key == name;
+        let bit = match key.len() {
+            4 if is(b"time") => 0,
+            4 if is(b"rule") => 1,
+            4 if is(b"uuid") => 6,
+            4 if is(b"tags") => 7,
+            6 if is(b"source") => 3,
+            6 if is(b"output") => 5,
+            8 if is(b"priority") => 2,
+            8 if is(b"hostname") => 4,
+            13 if is(b"output_fields") => 8,
             _ => return s.skip(),
         };
         if seen & 1 << bit != 0 {
@@ -254,7 +267,7 @@ fn scan_alert<'a>(
             _ => {
                 if !s.is_null()? {
                     let start = s.value_start();
-                    scan_fields(s, &mut fields)?;
+                    *s = scan_fields(*s, fields)?;
                     a.output_fields = Some(RawJson(&s.text()[start..s.pos()]));
                 }
                 return Some(());
@@ -263,12 +276,11 @@ fn scan_alert<'a>(
         *slot = s.opt_string()?.map(JStr);
         Some(())
     })?;
-    s.finish()?;
-    Some((a, fields))
+    s.finish()
 }
 
-/// `Fields`' visitor over the [`Scanner`].
-fn scan_fields<'a>(s: &mut Scanner<'a>, out: &mut Fields<'a>) -> Option<()> {
+/// `Fields`' visitor over the [`Scanner`]: the scanner after the object.
+fn scan_fields<'a>(mut s: Scanner<'a>, out: &mut Fields<'a>) -> Option<Scanner<'a>> {
     s.object(|s, key| {
         match out.slot(key) {
             Slot::EvtTime => out.evt_time = s.raw()?.parse::<i64>().ok().or(out.evt_time),
@@ -282,7 +294,8 @@ fn scan_fields<'a>(s: &mut Scanner<'a>, out: &mut Fields<'a>) -> Option<()> {
             Slot::Other => s.skip()?,
         }
         Some(())
-    })
+    })?;
+    Some(s)
 }
 
 /// Where an output field goes.
@@ -299,26 +312,32 @@ enum Slot<'s, 'a> {
 
 impl<'a> Fields<'a> {
     /// Where the output field `key` goes.
+    #[inline(always)]
     fn slot(&mut self, key: &[u8]) -> Slot<'_, 'a> {
-        Slot::Text(match key {
-            b"evt.time" | b"evt.time.iso8601" | b"evt_time" | b"evt.rawtime" => {
-                return Slot::EvtTime;
-            }
-            b"user.uid" => return Slot::UserUid,
-            b"evt.type" => &mut self.evt_type,
-            b"container.id" => &mut self.container_id,
-            b"container.name" => &mut self.container_name,
-            b"container.image.repository" | b"container.image" => &mut self.image,
-            b"container.image.tag" => &mut self.image_tag,
-            b"k8s.ns.name" | b"ka.target.namespace" => &mut self.namespace,
-            b"k8s.pod.name" => &mut self.pod,
-            b"k8s.pod.uid" => &mut self.pod_uid,
-            b"proc.name" => &mut self.proc_name,
-            b"proc.exepath" => &mut self.proc_exepath,
-            b"proc.cmdline" => &mut self.proc_cmdline,
-            b"proc.pname" => &mut self.proc_pname,
-            b"user.name" | b"ka.user.name" => &mut self.user_name,
-            b"fd.name" => &mut self.fd_name,
+        // By length first: each key is then compared whole, a word at a time.
+        let is = |name: &[u8]| key == name;
+        Slot::Text(match key.len() {
+            7 if is(b"fd.name") => &mut self.fd_name,
+            8 if is(b"evt.time") || is(b"evt_time") => return Slot::EvtTime,
+            8 if is(b"evt.type") => &mut self.evt_type,
+            8 if is(b"user.uid") => return Slot::UserUid,
+            9 if is(b"proc.name") => &mut self.proc_name,
+            9 if is(b"user.name") => &mut self.user_name,
+            10 if is(b"proc.pname") => &mut self.proc_pname,
+            11 if is(b"k8s.ns.name") => &mut self.namespace,
+            11 if is(b"k8s.pod.uid") => &mut self.pod_uid,
+            11 if is(b"evt.rawtime") => return Slot::EvtTime,
+            12 if is(b"container.id") => &mut self.container_id,
+            12 if is(b"k8s.pod.name") => &mut self.pod,
+            12 if is(b"proc.cmdline") => &mut self.proc_cmdline,
+            12 if is(b"proc.exepath") => &mut self.proc_exepath,
+            12 if is(b"ka.user.name") => &mut self.user_name,
+            14 if is(b"container.name") => &mut self.container_name,
+            15 if is(b"container.image") => &mut self.image,
+            16 if is(b"evt.time.iso8601") => return Slot::EvtTime,
+            19 if is(b"container.image.tag") => &mut self.image_tag,
+            19 if is(b"ka.target.namespace") => &mut self.namespace,
+            26 if is(b"container.image.repository") => &mut self.image,
             _ => return Slot::Other,
         })
     }
@@ -357,7 +376,7 @@ struct Builder {
     fd_name: Strings,
     uuid: Strings,
     output_fields: Strings,
-    /// Where the tags of the alert being read are in its text (see [`scan_alert`]).
+    /// Where the tags of the alert being read are in its text (see [`read_alert`]).
     tag_ranges: Vec<Range<usize>>,
     timestamps: Timestamps,
 }
@@ -403,20 +422,18 @@ impl Builder {
 
     fn alert(&mut self, record: Record<'_>, depth: Depth) -> Result<(), RecordError> {
         let text = record.text;
-        let (a, fields) = match scan_alert(record, &mut self.tag_ranges) {
-            Some(read) => read,
-            None => {
-                if depth == Depth::Unchecked {
-                    check_depth(text)?;
-                }
-                let a: Alert<'_> = parse(text)?;
-                let fields: Fields<'_> = match a.output_fields {
-                    Some(raw) if raw.0 != "null" => parse(raw.0)?,
-                    _ => Fields::default(),
-                };
-                (a, fields)
+        let mut a = Alert::default();
+        let mut fields = Fields::default();
+        if read_alert(record, &mut self.tag_ranges, &mut a, &mut fields).is_none() {
+            if depth == Depth::Unchecked {
+                check_depth(text)?;
             }
-        };
+            a = parse(text)?;
+            fields = match a.output_fields {
+                Some(raw) if raw.0 != "null" => parse(raw.0)?,
+                _ => Fields::default(),
+            };
+        }
         let rule = non_empty(&a.rule)
             .ok_or_else(|| (Reason::MissingField, "missing field `rule`".to_string()))?;
         let priority = a

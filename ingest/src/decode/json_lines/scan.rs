@@ -24,7 +24,9 @@ use super::{Controls, MAX_DEPTH, Record};
 ///
 /// Its slow paths are free functions of the bytes and an offset rather than methods: a scanner
 /// that never escapes the function that reads a record lives in registers, and every method
-/// call that could see it would put it back in memory (a store and a load per token).
+/// call that could see it would put it back in memory (a store and a load per token). It is
+/// `Copy` for that reason too: a reader in a function of its own takes it and gives it back.
+#[derive(Clone, Copy)]
 pub(crate) struct Scanner<'a> {
     text: &'a str,
     pos: usize,
@@ -206,7 +208,7 @@ impl<'a> Scanner<'a> {
         let start = self.pos + 1;
         let (end, escaped) = string_end(self.bytes(), self.clean, start)?;
         self.pos = end + 1;
-        let raw = self.text.get(start..end)?;
+        let raw = slice(self.text, start, end)?;
         Some(if escaped {
             Cow::Owned(unescape(raw)?)
         } else {
@@ -238,7 +240,7 @@ impl<'a> Scanner<'a> {
     pub(crate) fn raw(&mut self) -> Option<&'a str> {
         let start = self.value_start();
         self.skip()?;
-        self.text.get(start..self.pos)
+        slice(self.text, start, self.pos)
     }
 
     /// Passes over any value, validating it.
@@ -268,8 +270,17 @@ impl<'a> Scanner<'a> {
         let start = self.value_start();
         let end = number_end(self.bytes(), start)?;
         self.pos = end;
-        self.text.get(start..end)
+        slice(self.text, start, end)
     }
+}
+
+/// `text[start..end]`, or `None` where that is not a string: `str::get` with checks that
+/// inline (the scanner's ends are next to ASCII bytes, so they always pass).
+#[inline(always)]
+fn slice(text: &str, start: usize, end: usize) -> Option<&str> {
+    let (head, _) = text.split_at_checked(end)?;
+    let (_, value) = head.split_at_checked(start)?;
+    Some(value)
 }
 
 /// The offset of the first byte at or after `i` that is not JSON whitespace (or `b.len()`).
@@ -326,15 +337,26 @@ fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
 /// Gives up on control characters, bad escapes and escaped surrogates.
 #[inline(always)]
 fn string_end(b: &[u8], clean: bool, i: usize) -> Option<(usize, bool)> {
-    // Most strings are short and plain: look at the next 16 bytes at once.
-    if clean && let Some(chunk) = b.get(i..i + 16) {
-        let (quotes, specials) = quotes_and_backslashes(chunk);
-        let first = specials & specials.wrapping_neg();
-        if first & quotes != 0 {
-            return Some((i + first.trailing_zeros() as usize, false));
+    // Most strings are short and plain: look at the next 32 bytes, 16 at a time, and leave
+    // the rest (escapes, long strings) to the slow path from the first block with a `"` or `\\`.
+    let mut j = i;
+    if clean {
+        for _ in 0..2 {
+            let Some(chunk) = b.get(j..j + 16) else {
+                break;
+            };
+            let (quotes, specials) = quotes_and_backslashes(chunk);
+            if specials != 0 {
+                let first = specials & specials.wrapping_neg();
+                if first & quotes != 0 {
+                    return Some((j + first.trailing_zeros() as usize, false));
+                }
+                break;
+            }
+            j += 16;
         }
     }
-    string_end_slow(b, clean, i)
+    string_end_slow(b, clean, j)
 }
 
 #[inline(never)]
@@ -721,6 +743,28 @@ mod tests {
             let ours = Scanner::new(text).string().expect(text);
             let theirs: String = serde_json::from_str(text).expect(text);
             assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn string_ends_are_found_past_the_inline_blocks() {
+        for len in 0..80 {
+            for escape in (0..len).step_by(7).map(Some).chain([None]) {
+                let mut s = "x".repeat(len);
+                if let Some(at) = escape {
+                    s.replace_range(at..at + 1, "\\\"");
+                }
+                let text = format!("\"{s}\"...");
+                let end = text.len() - 4;
+                for clean in [false, true] {
+                    let found = string_end(text.as_bytes(), clean, 1);
+                    assert_eq!(
+                        found,
+                        Some((end, escape.is_some())),
+                        "{len} {escape:?} {clean}"
+                    );
+                }
+            }
         }
     }
 
