@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use super::columns::{
     Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, Timestamps, append_content_id,
-    append_list, estimate_lines, non_empty, strings,
+    append_list, estimate_lines, non_empty, parse_i64, strings,
 };
 use super::json_lines::scan::Scanner;
 use super::json_lines::{Record, RecordError, check_depth, for_each_record, parse};
@@ -283,8 +283,8 @@ fn read_alert<'a>(
 fn scan_fields<'a>(mut s: Scanner<'a>, out: &mut Fields<'a>) -> Option<Scanner<'a>> {
     s.object(|s, key| {
         match out.slot(key) {
-            Slot::EvtTime => out.evt_time = s.raw()?.parse::<i64>().ok().or(out.evt_time),
-            Slot::UserUid => out.user_uid = s.raw()?.parse::<i64>().ok(),
+            Slot::EvtTime => out.evt_time = parse_i64(s.raw()?).or(out.evt_time),
+            Slot::UserUid => out.user_uid = parse_i64(s.raw()?),
             Slot::Text(slot) => {
                 *slot = match s.peek()? {
                     b'"' => Some(s.string()?).filter(|v| !v.is_empty() && v != "<NA>"),
