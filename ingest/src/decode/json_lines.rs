@@ -202,8 +202,7 @@ fn one<'a>(
         ));
         return;
     }
-    // simdutf8 is the faster check; std's error says where the bad byte is.
-    let text = match simdutf8::basic::from_utf8(raw).or_else(|_| std::str::from_utf8(raw)) {
+    let text = match std::str::from_utf8(raw) {
         Ok(t) => t,
         Err(e) => {
             let detail = format!("invalid UTF-8 at byte {}", e.valid_up_to());
