@@ -46,8 +46,9 @@
 //!
 //! Each flush writes one file per hour it touched. Compaction merges an hour's small files
 //! (below `compaction_small_file_bytes`) once there are `compaction_min_files` of them, or any
-//! two once the hour has been closed for `compaction_closed_after_secs`; the merged file is
-//! sorted by `ts`. Retention drops whole hour partitions older than `retention_hours`, then
+//! two once the hour has been closed for `compaction_closed_after_secs`. Every file keeps its
+//! rows ordered by namespace, pod, GPU and then `ts`, so an entity's rows of an hour lie
+//! together. Retention drops whole hour partitions older than `retention_hours`, then
 //! the oldest hours (across tables) while the total exceeds `max_bytes`. Replaced and dropped
 //! files leave the manifest at once and the disk after `delete_grace_secs`, so a running query
 //! never loses a file under it.

@@ -335,8 +335,8 @@ async fn compaction_merges_small_files_of_an_hour_into_one_sorted_file() {
     let store = Store::open(dir.path(), &config).await.expect("open");
     let mut names = Vec::new();
     for i in 0..4i64 {
-        // Out of time order on purpose: the merged file is sorted anyway.
-        let p = format!("p{i}");
+        // Out of order on purpose: the merged file is sorted by pod, then time, anyway.
+        let p = ["b", "a", "b", "a"][i as usize].to_string();
         store
             .append(
                 Stream::FalcoEvents,
@@ -358,16 +358,21 @@ async fn compaction_merges_small_files_of_an_hour_into_one_sorted_file() {
     assert_eq!(snap.files[0].1.rows, 4);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     assert_eq!(pods(&store, "falco_events"), expected(&names));
-    let ts: Vec<i64> = read_parquet(&snap.files[0].0)
+    let rows: Vec<(String, i64)> = read_parquet(&snap.files[0].0)
         .iter()
         .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
-                .values()
-                .to_vec()
+            let ts = b
+                .column(0)
+                .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+            let pod = b.column_by_name("pod").expect("pod").as_string::<i32>();
+            (0..b.num_rows())
+                .map(|i| (pod.value(i).to_string(), ts.value(i) - T0))
+                .collect::<Vec<_>>()
         })
         .collect();
-    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "sorted by ts: {ts:?}");
+    let want =
+        [("a", 1000), ("a", 3000), ("b", 2000), ("b", 4000)].map(|(p, t)| (p.to_string(), t));
+    assert_eq!(rows, want, "sorted by pod, then ts");
     // delete_grace_secs = 0: the replaced files are gone from disk.
     let on_disk: Vec<PathBuf> = files_under(&dir.path().join("tables/falco_events"))
         .into_iter()

@@ -83,7 +83,7 @@ const DEFAULT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-
 const DEFAULT_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_suite.py");
 
 /// Bumped whenever the generator changes what it writes, so old data is not reused.
-const GENERATOR_VERSION: u32 = 9;
+const GENERATOR_VERSION: u32 = 12;
 const MARKER: &str = "bench-query.json";
 const SEED: u64 = 0x6770_7573_6965_6d04;
 /// End of the data (exclusive): 2025-11-24T00:00:00Z, a Monday; the data covers the 7 days

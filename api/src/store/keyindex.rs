@@ -1,11 +1,11 @@
 //! Key indexes: for each Parquet file, which rows hold each value of the columns analysts look
 //! up one entity by (`id`, `pod`, `gpu_uuid`, `event_id`).
 //!
-//! Files are sorted by `ts`, so one pod's or one GPU's rows are spread thinly over every file
-//! of the hours it was active: row-group statistics and bloom filters cannot skip them, and a
-//! lookup would decode the whole key column of each such file. The key index turns a lookup
-//! into a row selection instead: files without the key are not opened, and in the others only
-//! the pages holding the selected rows are decoded.
+//! A pod or a GPU has rows in every file of the hours it was active, and files hold many
+//! entities each: row-group statistics and bloom filters can rarely skip one, and a lookup
+//! would decode the whole key column of each such file. The key index turns a lookup into a
+//! row selection instead: files without the key are not opened, and in the others only the
+//! pages holding the selected rows are decoded (few, as files keep an entity's rows together).
 //!
 //! The index of `part-….parquet` is the sidecar `part-….parquet.keys`, written after the
 //! Parquet file and before the manifest commit (an index without a listed Parquet file is an
@@ -23,8 +23,8 @@
 //!
 //! A key is its value's CRC-32C; values that share a hash share an entry (a lookup then
 //! selects a few extra rows, which the query's own filter removes). Entries are checked in
-//! blocks of [`BLOCK`] with the fence checksums, each key's rows with its entry's; an index that is missing, damaged or does not
-//! describe the file is ignored and the file is scanned as a whole, so the index can only
+//! blocks of [`BLOCK`] with the fence checksums, each key's rows with its entry's; an index
+//! that is missing, damaged or does not describe the file is ignored and the file is scanned as a whole, so the index can only
 //! make a lookup faster, never change its answer.
 
 use std::fs::File;

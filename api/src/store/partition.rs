@@ -1,20 +1,25 @@
-//! Hour partitions: rows sorted by `ts`, split by hour, written as Parquet files under
-//! `dt=YYYY-MM-DD/hour=HH/`, and read back for compaction.
+//! Hour partitions: rows split by hour, ordered by entity and time (see [`CLUSTER_COLUMNS`]),
+//! written as Parquet files under `dt=YYYY-MM-DD/hour=HH/`, and read back for compaction.
 //!
 //! Files are zstd-compressed, carry column and page statistics (time and namespace pruning),
 //! bloom filters on the entity columns analysts pivot on (a point lookup by pod or GPU skips
 //! the row groups that cannot hold it), small pages and a key index beside them (such a
-//! lookup decodes only the pages holding its rows, see [`super::keyindex`]), the `ts` sort
+//! lookup decodes only the pages holding its rows, see [`super::keyindex`]), their sort
 //! order, and in their key-value metadata the table and the last WAL segment they cover
 //! (enough to rebuild a lost manifest).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
+use std::hash::BuildHasher;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{SortOptions, concat_batches, sort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take, take_record_batch,
+};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
@@ -23,6 +28,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use rustc_hash::FxBuildHasher;
 
 use super::fs::{publish, remove_if_exists, temp_path, write_atomic};
 use super::keyindex;
@@ -76,36 +82,63 @@ pub(crate) fn hour_dir(hour_secs: i64) -> String {
     }
 }
 
-/// Concatenates `batches`, sorts by `ts` and splits them at hour boundaries.
+/// The columns that order the rows of an hour, after the hour itself: the entity an analyst
+/// looks up (a namespace's pods, a pod's GPUs) and then time. A pod's or a GPU's rows of an
+/// hour lie together in a few pages, so a point lookup decodes a page or two per file instead
+/// of one per row, and a namespace-scoped query prunes pages by `namespace`. Columns a table
+/// lacks are left out; `ts` always ends the order.
+pub(crate) const CLUSTER_COLUMNS: [&str; 3] = [
+    gpusiem_ingest::schema::NAMESPACE,
+    gpusiem_ingest::schema::POD,
+    gpusiem_ingest::schema::GPU_UUID,
+];
+
+/// The sort order of a file of `schema`: the [`CLUSTER_COLUMNS`] it has, then `ts`, nulls
+/// first (column indices).
+pub(crate) fn sort_columns(schema: &SchemaRef) -> Result<Vec<usize>, String> {
+    let ts = check_ts(schema)?;
+    let mut out: Vec<usize> = CLUSTER_COLUMNS
+        .iter()
+        .filter_map(|c| schema.index_of(c).ok())
+        .filter(|&i| !schema.field(i).data_type().is_nested())
+        .collect();
+    out.push(ts);
+    Ok(out)
+}
+
+/// Concatenates `batches`, sorts them by hour and then by [`sort_columns`], and splits them at
+/// hour boundaries.
 pub(crate) fn split_by_hour(
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
     let ts_idx = check_ts(schema).map_err(ArrowError::SchemaError)?;
+    let order_cols = sort_columns(schema).map_err(ArrowError::SchemaError)?;
     let all = concat_batches(schema, batches)?;
     if all.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let order = sort_to_indices(
-        all.column(ts_idx),
-        Some(SortOptions {
-            descending: false,
-            nulls_first: true,
-        }),
-        None,
-    )?;
+    let ts = all.column(ts_idx).as_primitive::<TimestampNanosecondType>();
+    // Null times sort first, in hour 0, as they always have.
+    let hours: Int64Array = ts.iter().map(|t| Some(t.map_or(0, hour_of))).collect();
+    let nulls_first = SortOptions {
+        descending: false,
+        nulls_first: true,
+    };
+    let mut keys = vec![SortColumn {
+        values: Arc::new(hours) as ArrayRef,
+        options: Some(nulls_first),
+    }];
+    keys.extend(order_cols.iter().map(|&i| SortColumn {
+        values: all.column(i).clone(),
+        options: Some(nulls_first),
+    }));
+    let order = lexsort_to_indices(&keys, None)?;
+    let hours = take(&keys[0].values, &order, None)?;
+    drop(keys);
     let sorted = take_record_batch(&all, &order)?;
     drop(all);
-    let ts = sorted
-        .column(ts_idx)
-        .as_primitive::<TimestampNanosecondType>();
-    let hour_at = |i: usize| {
-        if ts.is_null(i) {
-            0
-        } else {
-            hour_of(ts.value(i))
-        }
-    };
+    let hour_at = |i: usize| hours.as_primitive::<Int64Type>().value(i);
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=sorted.num_rows() {
@@ -117,36 +150,90 @@ pub(crate) fn split_by_hour(
     Ok(out)
 }
 
-/// Columns of `batch` whose values look nearly unique (in a sample of up to 2,048 non-null rows
-/// spread over the batch, more than half are distinct), and whether each is wide text.
+/// Largest dictionary a column gets, in bytes of distinct values: a point lookup reads and
+/// decodes the dictionary of every column chunk it touches before any of its rows.
+const DICTIONARY_BYTES: usize = 128 * 1024;
+/// Average run length from which a text column is prefix-encoded (see [`long_runs`]).
+const RUN_ROWS: usize = 8;
+/// Rows encoded at a time while counting distinct values.
+const COUNT_CHUNK_ROWS: usize = 4096;
+
+/// Columns of `batch` that get no dictionary, and whether each is wide text: those whose
+/// distinct values, counted over the whole batch, are more than half its non-null values or
+/// take more than [`DICTIONARY_BYTES`]. Such a dictionary is nearly the column itself, or costs
+/// each lookup more to read than the rows it wants. The whole batch is counted, not a sample:
+/// rows are sorted by entity, so a sample's neighbours share values the batch does not (a
+/// finding's revisions share its `id`), and a stride sees a new pod at every step.
 fn high_cardinality(batch: &RecordBatch) -> Vec<(String, bool)> {
-    let rows = batch.num_rows();
-    let step = (rows / 2048).max(1);
     let mut out = Vec::new();
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        let picked: Vec<u32> = (0..rows)
-            .step_by(step)
-            .filter(|&i| c.is_valid(i))
-            .filter_map(|i| u32::try_from(i).ok())
-            .collect();
-        if picked.len() < 64 {
+        let dt = f.data_type();
+        let valid = c.len() - c.null_count();
+        if dt.is_nested() || valid < 64 {
             continue;
         }
-        let Ok(sample) = arrow::compute::take(c, &UInt32Array::from(picked), None) else {
+        let strings = c.as_string_opt::<i32>();
+        let Ok(converter) = RowConverter::new(vec![SortField::new(dt.clone())]) else {
             continue;
         };
-        let Ok(converter) = RowConverter::new(vec![SortField::new(f.data_type().clone())]) else {
-            continue;
-        };
-        let Ok(encoded) = converter.convert_columns(&[sample]) else {
-            continue;
-        };
-        let distinct: HashSet<&[u8]> = encoded.iter().map(|r| r.data()).collect();
-        if distinct.len() * 2 > encoded.num_rows() {
-            let wide = c.as_string_opt::<i32>().is_some_and(|v| {
-                v.value_data().len() >= WIDE_VALUE_BYTES * v.len().saturating_sub(v.null_count())
-            });
+        let mut seen: HashSet<u64, FxBuildHasher> = HashSet::default();
+        let mut bytes = 0usize;
+        let mut large = false;
+        'chunks: for start in (0..c.len()).step_by(COUNT_CHUNK_ROWS) {
+            let part = c.slice(start, COUNT_CHUNK_ROWS.min(c.len() - start));
+            let Ok(rows) = converter.convert_columns(std::slice::from_ref(&part)) else {
+                break;
+            };
+            for (i, r) in rows.iter().enumerate() {
+                if part.is_null(i) || !seen.insert(FxBuildHasher.hash_one(r.data())) {
+                    continue;
+                }
+                bytes += match strings {
+                    Some(s) => s.value_length(start + i) as usize,
+                    None => dt.primitive_width().unwrap_or(r.data().len()),
+                };
+                if bytes > DICTIONARY_BYTES || seen.len() * 2 > valid {
+                    large = true;
+                    break 'chunks;
+                }
+            }
+        }
+        if large {
+            let wide = strings.is_some_and(|v| v.value_data().len() >= WIDE_VALUE_BYTES * valid);
             out.push((f.name().clone(), wide));
+        }
+    }
+    out
+}
+
+/// Text columns of `batch` whose values come in runs of [`RUN_ROWS`] rows or more on average
+/// (a run: neighbours with the same value, or nulls): the entity columns rows are sorted by,
+/// and those that follow them (a pod's uid, node, container).
+fn long_runs(batch: &RecordBatch) -> HashSet<String> {
+    let rows = batch.num_rows();
+    let mut out = HashSet::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let Some(v) = c.as_string_opt::<i32>() else {
+            continue;
+        };
+        if rows < RUN_ROWS {
+            continue;
+        }
+        let mut runs = 1;
+        for i in 1..rows {
+            let same = match (v.is_valid(i - 1), v.is_valid(i)) {
+                (true, true) => v.value(i - 1) == v.value(i),
+                (a, b) => a == b,
+            };
+            if !same {
+                runs += 1;
+                if runs * RUN_ROWS > rows {
+                    break;
+                }
+            }
+        }
+        if runs * RUN_ROWS <= rows {
+            out.insert(f.name().clone());
         }
     }
     out
@@ -178,7 +265,7 @@ fn properties(
     opts: &WriteOptions,
 ) -> Result<WriterProperties, String> {
     let schema = &batch.schema();
-    let ts_idx = check_ts(schema)?;
+    check_ts(schema)?;
     let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| e.to_string())?;
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -186,22 +273,39 @@ fn properties(
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_data_page_row_count_limit(ROWS_PER_PAGE)
         .set_write_batch_size(PAGE_CHECK_ROWS)
-        .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: i32::try_from(ts_idx).map_err(|e| e.to_string())?,
-            descending: false,
-            nulls_first: true,
-        }]))
+        .set_sorting_columns(Some(
+            sort_columns(schema)?
+                .into_iter()
+                .map(|i| {
+                    Ok(SortingColumn {
+                        column_idx: i32::try_from(i).map_err(|e| e.to_string())?,
+                        descending: false,
+                        nulls_first: true,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        ))
         .set_key_value_metadata(Some(vec![
             KeyValue::new("gpusiem.table".to_string(), table.to_string()),
             KeyValue::new("gpusiem.wal_through".to_string(), wal_through.to_string()),
         ]));
     let unique: HashMap<String, bool> = high_cardinality(batch).into_iter().collect();
+    let runs = long_runs(batch);
     for f in schema.fields() {
         let dt = f.data_type();
         if dt.is_nested() {
             continue;
         }
         let c = ColumnPath::from(f.name().as_str());
+        if runs.contains(f.name()) {
+            // Runs of one value (a pod's rows, sorted together) cost a prefix-encoded page
+            // next to nothing: no codec, and no dictionary page for a lookup to read first.
+            b = b
+                .set_column_dictionary_enabled(c.clone(), false)
+                .set_column_encoding(c.clone(), Encoding::DELTA_BYTE_ARRAY)
+                .set_column_compression(c, Compression::UNCOMPRESSED);
+            continue;
+        }
         match unique.get(f.name()) {
             // A dictionary of nearly unique values is as large as the column and must be read
             // whole before any one row can be, which makes a lookup of a few rows read the
@@ -240,7 +344,7 @@ fn properties(
     Ok(b.build())
 }
 
-/// Writes `batch` (rows of one hour, sorted by `ts`) to `table_dir/rel_path` atomically:
+/// Writes `batch` (rows of one hour, in [`split_by_hour`]'s order) to `table_dir/rel_path` atomically:
 /// temporary name, fsync, rename, fsync of the directory.
 pub(crate) fn write_file(
     table_dir: &Path,
@@ -386,6 +490,9 @@ mod tests {
             ),
             Field::new("pod", DataType::Utf8, true),
             Field::new("summary", DataType::Utf8, true),
+            Field::new("pod_uid", DataType::Utf8, true),
+            Field::new("evidence", DataType::Utf8, true),
+            Field::new("namespace", DataType::Utf8, true),
         ]));
         let ts = TimestampNanosecondArray::from_iter_values((0..n).map(|i| i * 1_000_003))
             .with_timezone("UTC");
@@ -393,9 +500,24 @@ mod tests {
         let summaries = StringArray::from_iter_values(
             (0..n).map(|i| format!("GPU memory rose {i} MiB over its baseline on a pod")),
         );
+        // Sorted by entity: 1,000 pods of 5 rows each. Every row of a stride would differ; the
+        // column holds a fifth as many values as rows, a small dictionary.
+        let uids = StringArray::from_iter_values((0..n).map(|i| format!("uid-{:032}", i / 5)));
+        // Values repeated by 4 neighbours, but their distinct values take 250 KB.
+        let evidence = StringArray::from_iter_values((0..n).map(|i| format!("{:0200}", i / 4)));
         let batch = RecordBatch::try_new(
             schema,
-            vec![Arc::new(ts), Arc::new(pods), Arc::new(summaries)],
+            vec![
+                Arc::new(ts),
+                Arc::new(pods),
+                Arc::new(summaries),
+                Arc::new(uids),
+                Arc::new(evidence),
+                // Runs of 50 rows.
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("ns-{}", i / 50)),
+                )),
+            ],
         )
         .expect("batch");
         let dir = tempfile::tempdir().expect("tmp");
@@ -427,6 +549,20 @@ mod tests {
         let summary = column("summary");
         assert!(matches!(summary.compression(), Compression::ZSTD(_)));
         assert!(summary.dictionary_page_offset().is_none());
+        let uid = column("pod_uid");
+        assert_eq!(uid.compression(), Compression::UNCOMPRESSED);
+        assert!(uid.dictionary_page_offset().is_some());
+        let evidence = column("evidence");
+        assert!(matches!(evidence.compression(), Compression::ZSTD(_)));
+        assert!(evidence.dictionary_page_offset().is_none());
+        let namespace = column("namespace");
+        assert_eq!(namespace.compression(), Compression::UNCOMPRESSED);
+        assert!(namespace.dictionary_page_offset().is_none());
+        assert!(
+            namespace
+                .encodings()
+                .any(|e| e == Encoding::DELTA_BYTE_ARRAY)
+        );
         // Pages of at most ROWS_PER_PAGE rows, and the key index beside the file.
         let pages = reader
             .metadata()
@@ -434,5 +570,102 @@ mod tests {
             .map_or(0, |o| o[0][0].page_locations().len());
         assert!(pages >= n as usize / ROWS_PER_PAGE, "{pages} pages");
         assert!(keyindex::sidecar(&path).exists());
+    }
+
+    #[test]
+    fn hours_split_apart_and_rows_sort_by_entity_then_time() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                TS,
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("namespace", DataType::Utf8, true),
+            Field::new("pod", DataType::Utf8, true),
+            Field::new("gpu_uuid", DataType::Utf8, true),
+        ]));
+        let h = NS_PER_HOUR;
+        // (ts, namespace, pod, gpu) over two hours, in arrival order.
+        type Row<'a> = (
+            Option<i64>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let rows: [Row<'_>; 8] = [
+            (Some(h + 5), Some("shop"), Some("b"), Some("GPU-2")),
+            (Some(2 * h + 1), Some("a"), Some("x"), None),
+            (Some(h + 1), Some("shop"), Some("b"), Some("GPU-1")),
+            (Some(h + 9), None, None, Some("GPU-9")),
+            (Some(h + 2), Some("shop"), Some("a"), None),
+            (Some(h + 3), Some("ml"), Some("z"), Some("GPU-3")),
+            (Some(h), Some("shop"), Some("b"), Some("GPU-1")),
+            (Some(2 * h), Some("a"), Some("x"), None),
+        ];
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(
+                    TimestampNanosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .expect("batch");
+        // Split over two input batches, as a flush of several appends is.
+        let parts = split_by_hour(&schema, &[batch.slice(0, 3), batch.slice(3, 5)]).expect("split");
+        let seen: Vec<(i64, Vec<String>)> = parts
+            .iter()
+            .map(|(hour, b)| {
+                let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
+                let text = |c: usize, i: usize| {
+                    let v = b.column(c).as_string::<i32>();
+                    if v.is_null(i) {
+                        "-".to_string()
+                    } else {
+                        v.value(i).to_string()
+                    }
+                };
+                let rows = (0..b.num_rows())
+                    .map(|i| {
+                        format!(
+                            "{} {} {} {}",
+                            ts.value(i) % h,
+                            text(1, i),
+                            text(2, i),
+                            text(3, i)
+                        )
+                    })
+                    .collect();
+                (*hour, rows)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    3600,
+                    vec![
+                        "9 - - GPU-9".to_string(),
+                        "3 ml z GPU-3".to_string(),
+                        "2 shop a -".to_string(),
+                        "0 shop b GPU-1".to_string(),
+                        "1 shop b GPU-1".to_string(),
+                        "5 shop b GPU-2".to_string(),
+                    ]
+                ),
+                (7200, vec!["0 a x -".to_string(), "1 a x -".to_string()]),
+            ]
+        );
+        assert_eq!(sort_columns(&schema), Ok(vec![1, 2, 3, 0]));
     }
 }
