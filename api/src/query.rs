@@ -12,12 +12,15 @@
 //! catalog. The statement and function rules are in [`sandbox`]. Queries run on a dedicated
 //! runtime (`threads` workers) so a heavy query cannot starve the HTTP server, under a
 //! per-query memory pool of `memory_limit_bytes` with spilling disabled, at most
-//! `max_concurrent` at a time, and are cancelled after `timeout_secs`.
+//! `max_concurrent` at a time, and are cancelled after `timeout_secs`. Point lookups by a key
+//! column read the selected rows directly ([`lookup`]), with the footers of recently read
+//! files kept in up to `footer_cache_bytes`.
 //!
 //! Tables: `gpu_metrics`, `falco_events`, `k8s_audit`, `findings` (one row per emission of an
 //! episode), the view `findings_latest` (the latest revision of each finding id), and tables
 //! the API registers (`api_audit`, admin only).
 
+mod lookup;
 mod provider;
 mod sandbox;
 
@@ -81,6 +84,9 @@ pub struct QueryConfig {
     pub max_concurrent: usize,
     /// Functions to remove on top of the built-in deny-list.
     pub deny_functions: Vec<String>,
+    /// Memory for the footers and page indexes of recently read Parquet files, which point
+    /// lookups reuse instead of parsing them again, bytes (0: none kept).
+    pub footer_cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -95,6 +101,7 @@ impl Default for QueryConfig {
             threads: 2,
             max_concurrent: 4,
             deny_functions: Vec::new(),
+            footer_cache_bytes: 128 << 20,
         }
     }
 }
@@ -280,6 +287,7 @@ pub struct QueryEngine {
     base_runtime: Arc<RuntimeEnv>,
     runtime: QueryRuntime,
     permits: Arc<Semaphore>,
+    footers: Arc<lookup::FooterCache>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -352,6 +360,7 @@ impl QueryEngine {
         let base = builder.build();
         QueryEngine {
             store,
+            footers: Arc::new(lookup::FooterCache::new(config.footer_cache_bytes)),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             config,
             base,
@@ -533,6 +542,7 @@ impl QueryEngine {
                 &info.name,
                 info.schema.clone(),
                 filter,
+                self.footers.clone(),
             );
             schema
                 .register_table(info.name.clone(), Arc::new(table))

@@ -640,6 +640,30 @@ async fn key_lookups_open_only_files_holding_the_key_and_answer_like_a_full_scan
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         assert_eq!(plan.contains(name.as_ref()), wanted, "{}: {plan}", f.path);
     }
+    // The scan reads the selected rows itself, with the footers of files read before cached.
+    assert!(
+        plan.contains("KeyLookupExec: files=2, selected_rows=6"),
+        "{plan}"
+    );
+    let analyze = "EXPLAIN ANALYZE SELECT ts, pod FROM falco_events WHERE pod = 'rare'";
+    let first = text(
+        &q.sql(analyze, &NamespaceScope::all())
+            .await
+            .expect("analyze"),
+    );
+    assert!(
+        first.contains("files_read=2, footer_cache_hits=0"),
+        "{first}"
+    );
+    let second = text(
+        &q.sql(analyze, &NamespaceScope::all())
+            .await
+            .expect("analyze"),
+    );
+    assert!(
+        second.contains("files_read=2, footer_cache_hits=2"),
+        "{second}"
+    );
 
     let shop = NamespaceScope::only(["shop".to_string()]);
     let queries: &[(&str, &NamespaceScope)] = &[

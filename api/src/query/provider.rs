@@ -9,7 +9,9 @@
 //! Pruning: files whose `ts` range (from the manifest) cannot match the query's `ts` bounds are
 //! not opened at all; for equality and `IN` filters on a key column (`id`, `pod`, `gpu_uuid`,
 //! `event_id`), each file's key index leaves out the files without such rows and selects the
-//! rows in the others; inside a file, DataFusion's Parquet reader prunes row groups and pages by
+//! rows in the others. When the indexes chose the rows of every file, the scan is a
+//! [`KeyLookupExec`] that reads just those rows; otherwise DataFusion's Parquet reader reads the
+//! files (through the row selections where there are some) and prunes row groups and pages by
 //! statistics and bloom filters with the pushed-down predicates, the scope filter included.
 
 use std::ops::Range;
@@ -39,6 +41,7 @@ use datafusion::physical_plan::union::UnionExec;
 
 use parquet::arrow::arrow_reader::RowSelection;
 
+use super::lookup::{FooterCache, KeyLookupExec, LookupFile};
 use crate::store::keyindex::{KEY_COLUMNS, KeyIndex};
 use crate::store::{FileEntry, Store};
 
@@ -55,6 +58,8 @@ pub(crate) struct ScopedTable {
     schema: SchemaRef,
     /// `None`: every row. `Some`: rows whose namespace is in the list (empty: none).
     namespaces: Option<Arc<[String]>>,
+    /// Footers of the files point lookups read, shared by every scan of the engine.
+    footers: Arc<FooterCache>,
 }
 
 impl ScopedTable {
@@ -65,12 +70,14 @@ impl ScopedTable {
         table: &str,
         schema: SchemaRef,
         namespaces: Option<Arc<[String]>>,
+        footers: Arc<FooterCache>,
     ) -> Self {
         ScopedTable {
             store,
             table: table.to_string(),
             schema,
             namespaces,
+            footers,
         }
     }
 }
@@ -139,7 +146,7 @@ impl TableProvider for ScopedTable {
             .filter(|(_, f)| f.max_ts >= lo && f.min_ts <= hi)
             .collect();
         let keys = key_predicates(filters);
-        let files: Vec<(PathBuf, FileEntry, Option<RowSelection>)> = if keys.is_empty() {
+        let files: Vec<(PathBuf, FileEntry, Option<Vec<u32>>)> = if keys.is_empty() {
             files.into_iter().map(|(p, f)| (p, f, None)).collect()
         } else {
             tokio::task::spawn_blocking(move || select_rows(files, &keys))
@@ -160,15 +167,24 @@ impl TableProvider for ScopedTable {
             .collect::<DfResult<_>>()?;
 
         let all_selected = files.iter().all(|(_, _, sel)| sel.is_some());
+        let partitions = state.config().target_partitions().max(1);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !files.is_empty() {
-            let groups = file_groups(files, state.config().target_partitions().max(1));
-            let mut options = state.table_options().parquet.clone();
-            if all_selected {
-                // The key index already chose the rows: reading bloom filters would only
-                // repeat its answer, at a read per file.
-                options.global.bloom_filter_on_read = false;
-            }
+        if !files.is_empty() && all_selected {
+            // A point lookup: the key indexes chose the rows of every file.
+            let files = files
+                .into_iter()
+                .filter_map(|(path, _, rows)| rows.map(|rows| LookupFile { path, rows }))
+                .collect();
+            inputs.push(Arc::new(KeyLookupExec::new(
+                files,
+                Arc::new(self.schema.project(&cols)?),
+                scan_limit,
+                partitions,
+                self.footers.clone(),
+            )));
+        } else if !files.is_empty() {
+            let groups = file_groups(files, partitions);
+            let options = state.table_options().parquet.clone();
             let format = ParquetFormat::default().with_options(options);
             let source = format.file_source(self.schema.clone().into());
             let conf = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
@@ -220,12 +236,9 @@ impl TableProvider for ScopedTable {
 
 /// Spreads files over `n` groups, largest first onto the lightest group (by the bytes a scan
 /// reads: a file read through a row selection weighs its selected share).
-fn file_groups(
-    mut files: Vec<(PathBuf, FileEntry, Option<RowSelection>)>,
-    n: usize,
-) -> Vec<FileGroup> {
-    let weight = |f: &FileEntry, sel: &Option<RowSelection>| match sel {
-        Some(s) => f.bytes * s.row_count() as u64 / f.rows.max(1),
+fn file_groups(mut files: Vec<(PathBuf, FileEntry, Option<Vec<u32>>)>, n: usize) -> Vec<FileGroup> {
+    let weight = |f: &FileEntry, sel: &Option<Vec<u32>>| match sel {
+        Some(rows) => f.bytes * rows.len() as u64 / f.rows.max(1),
         None => f.bytes,
     };
     files.sort_by_key(|(_, f, sel)| std::cmp::Reverse(weight(f, sel)));
@@ -236,7 +249,11 @@ fn file_groups(
             g.0 += weight(&f, &sel);
             let file = PartitionedFile::new(path.to_string_lossy().into_owned(), f.bytes);
             g.1.push(match sel {
-                Some(sel) => file.with_extension(ParquetRowSelection::new(sel)),
+                Some(rows) => {
+                    let total = usize::try_from(f.rows).unwrap_or(usize::MAX);
+                    let sel = RowSelection::from_consecutive_ranges(runs(&rows), total);
+                    file.with_extension(ParquetRowSelection::new(sel))
+                }
                 None => file,
             });
         }
@@ -311,12 +328,12 @@ pub(crate) fn key_predicates(filters: &[Expr]) -> Vec<(String, Vec<String>)> {
 }
 
 /// Asks each file's key index which rows can satisfy `keys`: files without such rows are
-/// left out, files where they are few get a row selection. A file without a usable index is
-/// read as a whole.
+/// left out, files where they are few get the rows to select (ascending). A file without a
+/// usable index is read as a whole.
 fn select_rows(
     files: Vec<(PathBuf, FileEntry)>,
     keys: &[(String, Vec<String>)],
-) -> Vec<(PathBuf, FileEntry, Option<RowSelection>)> {
+) -> Vec<(PathBuf, FileEntry, Option<Vec<u32>>)> {
     let mut out = Vec::with_capacity(files.len());
     for (path, f) in files {
         let rows = match KeyIndex::open(&path, f.rows, f.bytes) {
@@ -352,11 +369,7 @@ fn select_rows(
         match rows {
             Some(r) if r.is_empty() => {}
             // Selecting most of a file costs more than it saves.
-            Some(r) if (r.len() as u64) * 2 < f.rows => {
-                let total = usize::try_from(f.rows).unwrap_or(usize::MAX);
-                let sel = RowSelection::from_consecutive_ranges(runs(&r), total);
-                out.push((path, f, Some(sel)));
-            }
+            Some(r) if (r.len() as u64) * 2 < f.rows => out.push((path, f, Some(r))),
             _ => out.push((path, f, None)),
         }
     }
