@@ -37,11 +37,12 @@ use datafusion::physical_plan::{
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelector,
 };
 use parquet::errors::ParquetError;
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::reader::{ChunkReader, Length};
+
+use super::provider::{balance, runs};
 
 /// Rows per batch a lookup produces at most.
 const BATCH_ROWS: usize = 8192;
@@ -207,30 +208,22 @@ pub(crate) struct KeyLookupExec {
 impl KeyLookupExec {
     /// Spreads `files` over at most `partitions` partitions, by selected rows.
     pub(crate) fn new(
-        mut files: Vec<LookupFile>,
+        files: Vec<LookupFile>,
         schema: SchemaRef,
         limit: Option<usize>,
         partitions: usize,
         cache: Arc<FooterCache>,
     ) -> Self {
-        files.sort_by_key(|f| std::cmp::Reverse(f.rows.len()));
-        let n = partitions.max(1).min(files.len()).max(1);
-        let mut groups: Vec<(usize, Vec<LookupFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
-        for f in files {
-            if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
-                // A file costs its footer and first pages whatever it selects.
-                g.0 += f.rows.len() + 64;
-                g.1.push(f);
-            }
-        }
+        // A file costs its footer and first pages whatever it selects.
+        let groups = balance(files, partitions, |f| f.rows.len() as u64 + 64);
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(n),
+            Partitioning::UnknownPartitioning(groups.len()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
         KeyLookupExec {
-            groups: groups.into_iter().map(|(_, g)| g).collect(),
+            groups,
             schema,
             limit,
             cache,
@@ -382,46 +375,34 @@ fn read_rows(
         .filter_map(|c| file_schema.index_of(c.name()).ok())
         .collect();
     let mask = ProjectionMask::roots(meta.parquet_schema(), roots);
-    // Only the row groups holding selected rows are read, and the selection covers only them.
+    // Only the row groups holding selected rows are read, and the selection covers only them:
+    // rows are numbered again without the row groups left out.
     let mut row_groups = Vec::new();
-    let mut selectors = Vec::new();
-    let mut first = 0u64;
+    let mut kept = Vec::with_capacity(f.rows.len());
+    let (mut first, mut left_out) = (0u32, 0u32);
     let mut rows = f.rows.iter().copied().peekable();
     for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
-        let end = first + u64::try_from(rg.num_rows()).unwrap_or(0);
-        let mut at = first;
-        let mut any = false;
-        while let Some(&r) = rows.peek() {
-            let r = u64::from(r);
-            if r >= end {
-                break;
-            }
-            rows.next();
-            if r < at {
-                continue;
-            }
-            if r > at {
-                selectors.push(RowSelector::skip(usize::try_from(r - at).unwrap_or(0)));
-            }
-            selectors.push(RowSelector::select(1));
-            at = r + 1;
-            any = true;
+        let end = first.saturating_add(u32::try_from(rg.num_rows()).unwrap_or(u32::MAX));
+        let before = kept.len();
+        while let Some(r) = rows.next_if(|&r| r < end) {
+            kept.push(r - left_out);
         }
-        if any {
-            if end > at {
-                selectors.push(RowSelector::skip(usize::try_from(end - at).unwrap_or(0)));
-            }
+        if kept.len() > before {
             row_groups.push(i);
+        } else {
+            left_out += end - first;
         }
         first = end;
     }
     if row_groups.is_empty() {
         return Ok(true);
     }
+    let total = (first - left_out) as usize;
+    let selection = RowSelection::from_consecutive_ranges(runs(&kept), total);
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
         .with_projection(mask)
         .with_row_groups(row_groups)
-        .with_row_selection(RowSelection::from(selectors))
+        .with_row_selection(selection)
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(|e| err(&e))?;

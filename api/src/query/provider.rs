@@ -234,31 +234,50 @@ impl TableProvider for ScopedTable {
     }
 }
 
-/// Spreads files over `n` groups, largest first onto the lightest group (by the bytes a scan
-/// reads: a file read through a row selection weighs its selected share).
-fn file_groups(mut files: Vec<(PathBuf, FileEntry, Option<Vec<u32>>)>, n: usize) -> Vec<FileGroup> {
-    let weight = |f: &FileEntry, sel: &Option<Vec<u32>>| match sel {
+/// Spreads `items` over at most `n` groups (one at least), heaviest first onto the lightest
+/// group.
+pub(super) fn balance<T>(mut items: Vec<T>, n: usize, weight: impl Fn(&T) -> u64) -> Vec<Vec<T>> {
+    items.sort_by_key(|i| std::cmp::Reverse(weight(i)));
+    let mut groups: Vec<(u64, Vec<T>)> = (0..n.min(items.len()).max(1))
+        .map(|_| (0, Vec::new()))
+        .collect();
+    for item in items {
+        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+            g.0 += weight(&item);
+            g.1.push(item);
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Spreads files over `n` groups by the bytes a scan reads (a file read through a row
+/// selection weighs its selected share).
+fn file_groups(files: Vec<(PathBuf, FileEntry, Option<Vec<u32>>)>, n: usize) -> Vec<FileGroup> {
+    let weight = |(_, f, sel): &(PathBuf, FileEntry, Option<Vec<u32>>)| match sel {
         Some(rows) => f.bytes * rows.len() as u64 / f.rows.max(1),
         None => f.bytes,
     };
-    files.sort_by_key(|(_, f, sel)| std::cmp::Reverse(weight(f, sel)));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
-        (0..n.min(files.len())).map(|_| (0, Vec::new())).collect();
-    for (path, f, sel) in files {
-        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
-            g.0 += weight(&f, &sel);
-            let file = PartitionedFile::new(path.to_string_lossy().into_owned(), f.bytes);
-            g.1.push(match sel {
-                Some(rows) => {
-                    let total = usize::try_from(f.rows).unwrap_or(usize::MAX);
-                    let sel = RowSelection::from_consecutive_ranges(runs(&rows), total);
-                    file.with_extension(ParquetRowSelection::new(sel))
-                }
-                None => file,
-            });
-        }
-    }
-    groups.into_iter().map(|(_, f)| FileGroup::new(f)).collect()
+    balance(files, n, weight)
+        .into_iter()
+        .map(|g| {
+            FileGroup::new(
+                g.into_iter()
+                    .map(|(path, f, sel)| {
+                        let file =
+                            PartitionedFile::new(path.to_string_lossy().into_owned(), f.bytes);
+                        match sel {
+                            Some(rows) => {
+                                let total = usize::try_from(f.rows).unwrap_or(usize::MAX);
+                                let sel = RowSelection::from_consecutive_ranges(runs(&rows), total);
+                                file.with_extension(ParquetRowSelection::new(sel))
+                            }
+                            None => file,
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// The conjuncts of `filters` a key index answers: `(column, values)` for `column = 'v'`,
@@ -394,7 +413,7 @@ fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
 }
 
 /// Ascending rows as ranges of consecutive rows.
-fn runs(rows: &[u32]) -> impl Iterator<Item = Range<usize>> + '_ {
+pub(super) fn runs(rows: &[u32]) -> impl Iterator<Item = Range<usize>> + '_ {
     let mut i = 0;
     std::iter::from_fn(move || {
         let start = *rows.get(i)? as usize;
