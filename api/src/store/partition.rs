@@ -164,12 +164,13 @@ const COUNT_CHUNK_ROWS: usize = 4096;
 /// each lookup more to read than the rows it wants. The whole batch is counted, not a sample:
 /// rows are sorted by entity, so a sample's neighbours share values the batch does not (a
 /// finding's revisions share its `id`), and a stride sees a new pod at every step.
-fn high_cardinality(batch: &RecordBatch) -> Vec<(String, bool)> {
+/// Columns in `skip` are not counted.
+fn high_cardinality(batch: &RecordBatch, skip: &HashSet<String>) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
         let dt = f.data_type();
         let valid = c.len() - c.null_count();
-        if dt.is_nested() || valid < 64 {
+        if dt.is_nested() || valid < 64 || skip.contains(f.name()) {
             continue;
         }
         let strings = c.as_string_opt::<i32>();
@@ -289,8 +290,9 @@ fn properties(
             KeyValue::new("gpusiem.table".to_string(), table.to_string()),
             KeyValue::new("gpusiem.wal_through".to_string(), wal_through.to_string()),
         ]));
-    let unique: HashMap<String, bool> = high_cardinality(batch).into_iter().collect();
+    // Run-encoded columns get no dictionary whatever their values.
     let runs = long_runs(batch);
+    let unique: HashMap<String, bool> = high_cardinality(batch, &runs).into_iter().collect();
     for f in schema.fields() {
         let dt = f.data_type();
         if dt.is_nested() {
