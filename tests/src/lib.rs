@@ -1,8 +1,8 @@
 //! gpusiem-tests: end-to-end tests of gpusiem and the fake downstream servers they run against.
 //!
 //! ```text
-//!  tests/tests/*.rs ──► gpusiem (library: Delivery, pipeline …)  ──► fakes (Loki, Elasticsearch,
-//!                  └──► gpusiem_bin() (the `gpusiem` binary) ──────►        Slack, PagerDuty on 127.0.0.1)
+//!  tests/tests/integration ──► gpusiem (library: Delivery, pipeline …)  ──► fakes (Loki, Elasticsearch,
+//!                         └──► gpusiem_bin() (the `gpusiem` binary) ──────►        Slack, PagerDuty on 127.0.0.1)
 //! ```
 //!
 //! * [`fakes`]: contract fakes of the receivers, reproducing their documented answers.

@@ -673,7 +673,7 @@ impl Episode {
 }
 
 /// Unit tests of the statistics and of the episode logic on hand-made series; the golden
-/// scenarios (real captures) are in `detect/tests/golden.rs`.
+/// scenarios (real captures) are in `detect/tests/integration/golden.rs`.
 #[cfg(test)]
 mod tests {
     use gpusiem_ingest::Stream;

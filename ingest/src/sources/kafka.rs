@@ -25,7 +25,7 @@
 //! **Off by one.** [`Consumer::store_offset`] calls librdkafka's legacy `rd_kafka_offset_store`,
 //! which stores `offset + 1` (`src/rdkafka_offset.c` of librdkafka 2.12:
 //! `RD_KAFKA_FETCH_POS(offset + 1, -1)`). We therefore pass the offset of the *last delivered
-//! message*, and the committed offset is the next message to read. `tests/kafka.rs` pins this:
+//! message*, and the committed offset is the next message to read. `tests/integration/kafka.rs` pins this:
 //! after acknowledging exactly records `0..=k`, a restart reads `k + 1` first, exactly once.
 //!
 //! **Failures.** A batch reported [`Delivery::Failed`] holds the watermark. Every later batch of

@@ -3,7 +3,7 @@
 //! completeness (one `api_audit` row per request, refusals included).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod api_support;
+use crate::api_support;
 
 use api_support::*;
 use axum::http::{Method, StatusCode, header};

@@ -3,7 +3,7 @@
 //! restart on the same data directory still answers the same rows.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod service_support;
+use crate::service_support;
 
 use std::process::Command;
 use std::time::Duration;

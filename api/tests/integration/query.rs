@@ -1,8 +1,7 @@
 //! The SQL engine: namespace isolation whatever the SQL (S2), refused statement classes (S3),
 //! resource abuse ending within its limits (S4), and the query features analysts rely on.
 
-#[path = "store_support/fixtures.rs"]
-mod fixtures;
+use crate::fixtures;
 
 use std::sync::Arc;
 

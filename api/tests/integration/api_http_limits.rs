@@ -2,7 +2,7 @@
 //! never completes (slowloris) has its connection closed, a chunked body over the limit gets 413.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod api_support;
+use crate::api_support;
 
 use std::time::Duration;
 

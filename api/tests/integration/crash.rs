@@ -21,7 +21,7 @@
 //! with the `parquet` crate, hold each acknowledged record exactly once.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod service_support;
+use crate::service_support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};

@@ -2,7 +2,7 @@
 //! document against the router, probes and metrics.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod api_support;
+use crate::api_support;
 
 use std::collections::BTreeSet;
 

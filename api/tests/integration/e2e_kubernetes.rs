@@ -4,7 +4,7 @@
 //! source the same event raises no such finding.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod service_support;
+use crate::service_support;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,8 +4,7 @@
 //! `kill -9` leaves on disk, since every acknowledged write is fsynced before it returns) and
 //! by editing that copy the way a crash at a given step would.
 
-#[path = "store_support/fixtures.rs"]
-mod fixtures;
+use crate::fixtures;
 
 use std::collections::BTreeMap;
 use std::fs;
