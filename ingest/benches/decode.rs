@@ -8,6 +8,7 @@
 //! Everything runs on one thread, so every figure is per core; rates and verdicts use CPU time,
 //! which a busy machine does not inflate (wall-clock ratios are printed beside them). `DECODE_BENCH_SCALE=0.1` shrinks the data;
 //! `DECODE_BENCH_CRITERION=0` skips criterion and prints only the table;
+//! `DECODE_BENCH_CASES=falco,audit` measures only the cases named (all by default);
 //! `DECODE_BENCH_DUMP=DIR` writes the generated inputs to `DIR`. `cargo test --benches`
 //! (criterion's test mode) runs everything once on 1% of the data.
 //!
@@ -127,7 +128,14 @@ fn main() {
             std::fs::write(&path, &input.bytes).expect("write the generated data");
         }
     }
-    let cases = cases(&data);
+    let only = std::env::var("DECODE_BENCH_CASES").ok();
+    let cases: Vec<Case<'_>> = cases(&data)
+        .into_iter()
+        .filter(|case| {
+            only.as_deref()
+                .is_none_or(|only| only.split(',').any(|name| name.trim() == case.name))
+        })
+        .collect();
     for case in &cases {
         let ours = (case.ours)();
         let base = (case.baseline)();
