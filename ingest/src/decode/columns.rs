@@ -359,14 +359,26 @@ pub(crate) fn append_content_id(b: &mut StringBuilder, bytes: &[u8]) {
     b.append_value(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
 }
 
-/// `format!("{:032x}", n)` without the allocation.
+/// `format!("{:032x}", n)` without the allocation: a byte at a time.
 fn hex32(n: u128) -> [u8; 32] {
     let mut hex = [0u8; 32];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[(n >> (124 - 4 * i) & 0xf) as usize];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     hex
 }
+
+/// The two hex digits of each byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
 #[cfg(test)]
 mod tests {

@@ -11,9 +11,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Builder, ListBuilder, StringBuilder};
+use arrow::array::{ArrayRef, Int64Builder, ListBuilder, StringArray, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
+use rustc_hash::FxHashMap;
 use serde_json::value::RawValue;
 
 use super::columns::{
@@ -66,6 +67,10 @@ pub fn decode(input: &[u8], cx: &DecodeContext) -> crate::Result<Decoded> {
     })
 }
 
+/// The most distinct tags arrays remembered by one decode call (a rule has one; the cache is
+/// emptied when it fills).
+const TAG_LISTS: usize = 256;
+
 /// Whether an alert's nesting has been checked (see [`for_each_record`]).
 #[derive(Clone, Copy, PartialEq)]
 enum Depth {
@@ -114,9 +119,10 @@ struct Alert<'a> {
     uuid: Option<JStr<'a>>,
     #[serde(borrow, default)]
     tags: Option<Vec<JStr<'a>>>,
-    /// The tags are in the builder's `tag_ranges` (read by [`read_alert`]), not in `tags`.
+    /// The text of the tags array when [`read_alert`] read it: the tags are then in the
+    /// builder's `tag_ranges`, not in `tags`.
     #[serde(skip)]
-    tags_scanned: bool,
+    tags_scanned: Option<&'a str>,
     #[serde(borrow, default)]
     output_fields: Option<RawJson<'a>>,
 }
@@ -256,11 +262,12 @@ fn read_alert<'a>(
             6 => &mut a.uuid,
             7 => {
                 if !s.is_null()? {
+                    let start = s.value_start();
                     s.array(|s| {
                         tags.push(s.plain_string()?);
                         Some(())
                     })?;
-                    a.tags_scanned = true;
+                    a.tags_scanned = Some(s.text().get(start..s.pos())?);
                 }
                 return Some(());
             }
@@ -378,6 +385,9 @@ struct Builder {
     output_fields: Strings,
     /// Where the tags of the alert being read are in its text (see [`read_alert`]).
     tag_ranges: Vec<Range<usize>>,
+    /// The tags arrays seen so far, by their text: a rule's alerts carry the same tags, which
+    /// are then appended in one go.
+    tag_lists: FxHashMap<Box<str>, StringArray>,
     timestamps: Timestamps,
 }
 
@@ -416,6 +426,7 @@ impl Builder {
             uuid: Strings::with_capacity(n, 36),
             output_fields: Strings::with_data_capacity(n, bytes * 5 / 8),
             tag_ranges: Vec::new(),
+            tag_lists: FxHashMap::default(),
             timestamps: Timestamps::default(),
         }
     }
@@ -498,10 +509,24 @@ impl Builder {
         self.priority.append_value(priority);
         self.source.append_option(non_empty(&a.source));
         self.output.append_option(output);
-        if a.tags_scanned {
-            for tag in &self.tag_ranges {
-                self.tags.values().append_value(&text[tag.clone()]);
-            }
+        if let Some(raw) = a.tags_scanned {
+            let list = match self.tag_lists.get(raw) {
+                Some(list) => list,
+                None => {
+                    if self.tag_lists.len() >= TAG_LISTS {
+                        self.tag_lists.clear();
+                    }
+                    let tags = self.tag_ranges.iter().map(|r| &text[r.clone()]);
+                    self.tag_lists
+                        .entry(raw.into())
+                        .or_insert_with(|| StringArray::from_iter_values(tags))
+                }
+            };
+            // Fails only past 2 GiB of tags in one batch, where `append_value` panics too.
+            self.tags
+                .values()
+                .append_array(list)
+                .expect("tags of one batch fit i32 offsets");
             self.tags.append(true);
         } else {
             append_list(
@@ -665,6 +690,49 @@ mod tests {
             col(&d, "output_fields").value(0),
             r#"{"proc.name":"falcosidekick", "proc.tty": 1234}"#
         );
+    }
+
+    #[test]
+    fn tags_of_every_alert_are_its_own_whatever_the_alerts_before_it() {
+        // Repeated arrays (appended from the cache), arrays that differ by a tag or by spacing,
+        // empty and null arrays, a tag with an escape (read by serde_json), and more distinct
+        // arrays than the cache holds.
+        let mut expected: Vec<Option<Vec<String>>> = Vec::new();
+        let mut input = String::new();
+        let mut push = |tags_json: &str, tags: Option<Vec<String>>| {
+            input.push_str(&format!(
+                r#"{{"rule":"r","priority":"Notice","time":"2025-01-01T00:00:00Z","tags":{tags_json}}}"#
+            ));
+            input.push('\n');
+            expected.push(tags);
+        };
+        let owned = |tags: &[&str]| Some(tags.iter().map(|t| t.to_string()).collect());
+        for round in 0..2 {
+            push(r#"["a","b"]"#, owned(&["a", "b"]));
+            push(r#"["a","b"]"#, owned(&["a", "b"]));
+            push(r#"["a", "b"]"#, owned(&["a", "b"]));
+            push(r#"["a","c"]"#, owned(&["a", "c"]));
+            push("[]", owned(&[]));
+            push("null", None);
+            push(r#"["q\"uote"]"#, owned(&["q\"uote"]));
+            for i in 0..TAG_LISTS + 3 {
+                let tag = format!("t{}", (i + round) % (TAG_LISTS + 7));
+                push(&format!(r#"["x","{tag}"]"#), owned(&["x", &tag]));
+            }
+            push(r#"["a","b"]"#, owned(&["a", "b"]));
+        }
+        let d = decode_str(&input);
+        assert!(d.quarantined.is_empty(), "{:?}", d.quarantined);
+        let tags = d.batch.column_by_name("tags").expect("tags").as_list::<i32>();
+        assert_eq!(tags.len(), expected.len());
+        for (row, want) in expected.iter().enumerate() {
+            let got = tags.is_valid(row).then(|| {
+                let list = tags.value(row);
+                let list = list.as_string::<i32>();
+                list.iter().map(|t| t.expect("tags are not null").to_string()).collect()
+            });
+            assert_eq!(&got, want, "row {row}");
+        }
     }
 
     #[test]
