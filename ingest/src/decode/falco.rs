@@ -13,15 +13,15 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Builder, ListBuilder, StringArray, StringBuilder};
 use arrow::record_batch::RecordBatch;
-use serde::Deserialize;
 use rustc_hash::FxHashMap;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::columns::{
     Entity, EntityBytes, EntityColumns, JStr, RawJson, Strings, Timestamps, append_content_id,
     append_list, estimate_lines, non_empty, parse_i64, strings,
 };
-use super::json_lines::scan::Scanner;
+use super::json_lines::scan::{KeyCache, Scanner};
 use super::json_lines::{Record, RecordError, check_depth, for_each_record, parse};
 use super::{DecodeContext, Decoded, Location, Quarantined, Reason};
 use crate::schema::{Stream, falco_events};
@@ -129,7 +129,7 @@ struct Alert<'a> {
 
 /// The output fields gpusiem promotes to columns.
 #[derive(Default)]
-#[cfg_attr(test, derive(Debug, PartialEq))]
+#[cfg_attr(test, derive(Debug, PartialEq, Clone))]
 struct Fields<'a> {
     evt_time: Option<i64>,
     evt_type: Option<FieldStr<'a>>,
@@ -211,10 +211,11 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 fn scan_alert<'a>(
     record: Record<'a>,
     tags: &mut Vec<Range<usize>>,
+    keys: &mut KeyCache<Field>,
 ) -> Option<(Alert<'a>, Fields<'a>)> {
     let mut a = Alert::default();
     let mut fields = Fields::default();
-    read_alert(record, tags, &mut a, &mut fields)?;
+    read_alert(record, tags, keys, &mut a, &mut fields)?;
     Some((a, fields))
 }
 
@@ -224,10 +225,12 @@ fn scan_alert<'a>(
 /// key twice is an error: gives up) and `Fields`' visitor (keys in order, the last one wins).
 ///
 /// The tags go to `tags`, as ranges of the record (a tag with escapes gives up: tags have none),
-/// which spares a list per alert.
+/// which spares a list per alert. `keys` remembers the output fields' keys (see
+/// [`scan_fields`]).
 fn read_alert<'a>(
     record: Record<'a>,
     tags: &mut Vec<Range<usize>>,
+    keys: &mut KeyCache<Field>,
     a: &mut Alert<'a>,
     fields: &mut Fields<'a>,
 ) -> Option<()> {
@@ -274,7 +277,7 @@ fn read_alert<'a>(
             _ => {
                 if !s.is_null()? {
                     let start = s.value_start();
-                    *s = scan_fields(*s, fields)?;
+                    *s = scan_fields(*s, fields, keys)?;
                     a.output_fields = Some(RawJson(&s.text()[start..s.pos()]));
                 }
                 return Some(());
@@ -286,10 +289,16 @@ fn read_alert<'a>(
     s.finish()
 }
 
-/// `Fields`' visitor over the [`Scanner`]: the scanner after the object.
-fn scan_fields<'a>(mut s: Scanner<'a>, out: &mut Fields<'a>) -> Option<Scanner<'a>> {
-    s.object(|s, key| {
-        match out.slot(key) {
+/// `Fields`' visitor over the [`Scanner`]: the scanner after the object. `keys` remembers the
+/// keys of the alerts before: Falco writes the same output fields in the same order for every
+/// alert of a rule.
+fn scan_fields<'a>(
+    mut s: Scanner<'a>,
+    out: &mut Fields<'a>,
+    keys: &mut KeyCache<Field>,
+) -> Option<Scanner<'a>> {
+    s.object_cached(keys, Field::of, |s, field| {
+        match out.slot_of(field) {
             Slot::EvtTime => out.evt_time = parse_i64(s.raw()?).or(out.evt_time),
             Slot::UserUid => out.user_uid = parse_i64(s.raw()?),
             Slot::Text(slot) => {
@@ -317,35 +326,89 @@ enum Slot<'s, 'a> {
     Other,
 }
 
-impl<'a> Fields<'a> {
-    /// Where the output field `key` goes.
+/// An output field by what becomes of it: [`Fields::slot`] of its key, as a value that the
+/// scanner's key cache can keep.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Field {
+    EvtTime,
+    UserUid,
+    EvtType,
+    ContainerId,
+    ContainerName,
+    Image,
+    ImageTag,
+    Namespace,
+    Pod,
+    PodUid,
+    ProcName,
+    ProcExepath,
+    ProcCmdline,
+    ProcPname,
+    UserName,
+    FdName,
+    Other,
+}
+
+impl Field {
+    /// The field an output field's key names.
     #[inline(always)]
-    fn slot(&mut self, key: &[u8]) -> Slot<'_, 'a> {
+    fn of(key: &[u8]) -> Field {
         // By length first: each key is then compared whole, a word at a time.
         let is = |name: &[u8]| key == name;
-        Slot::Text(match key.len() {
-            7 if is(b"fd.name") => &mut self.fd_name,
-            8 if is(b"evt.time") || is(b"evt_time") => return Slot::EvtTime,
-            8 if is(b"evt.type") => &mut self.evt_type,
-            8 if is(b"user.uid") => return Slot::UserUid,
-            9 if is(b"proc.name") => &mut self.proc_name,
-            9 if is(b"user.name") => &mut self.user_name,
-            10 if is(b"proc.pname") => &mut self.proc_pname,
-            11 if is(b"k8s.ns.name") => &mut self.namespace,
-            11 if is(b"k8s.pod.uid") => &mut self.pod_uid,
-            11 if is(b"evt.rawtime") => return Slot::EvtTime,
-            12 if is(b"container.id") => &mut self.container_id,
-            12 if is(b"k8s.pod.name") => &mut self.pod,
-            12 if is(b"proc.cmdline") => &mut self.proc_cmdline,
-            12 if is(b"proc.exepath") => &mut self.proc_exepath,
-            12 if is(b"ka.user.name") => &mut self.user_name,
-            14 if is(b"container.name") => &mut self.container_name,
-            15 if is(b"container.image") => &mut self.image,
-            16 if is(b"evt.time.iso8601") => return Slot::EvtTime,
-            19 if is(b"container.image.tag") => &mut self.image_tag,
-            19 if is(b"ka.target.namespace") => &mut self.namespace,
-            26 if is(b"container.image.repository") => &mut self.image,
-            _ => return Slot::Other,
+        match key.len() {
+            7 if is(b"fd.name") => Field::FdName,
+            8 if is(b"evt.time") || is(b"evt_time") => Field::EvtTime,
+            8 if is(b"evt.type") => Field::EvtType,
+            8 if is(b"user.uid") => Field::UserUid,
+            9 if is(b"proc.name") => Field::ProcName,
+            9 if is(b"user.name") => Field::UserName,
+            10 if is(b"proc.pname") => Field::ProcPname,
+            11 if is(b"k8s.ns.name") => Field::Namespace,
+            11 if is(b"k8s.pod.uid") => Field::PodUid,
+            11 if is(b"evt.rawtime") => Field::EvtTime,
+            12 if is(b"container.id") => Field::ContainerId,
+            12 if is(b"k8s.pod.name") => Field::Pod,
+            12 if is(b"proc.cmdline") => Field::ProcCmdline,
+            12 if is(b"proc.exepath") => Field::ProcExepath,
+            12 if is(b"ka.user.name") => Field::UserName,
+            14 if is(b"container.name") => Field::ContainerName,
+            15 if is(b"container.image") => Field::Image,
+            16 if is(b"evt.time.iso8601") => Field::EvtTime,
+            19 if is(b"container.image.tag") => Field::ImageTag,
+            19 if is(b"ka.target.namespace") => Field::Namespace,
+            26 if is(b"container.image.repository") => Field::Image,
+            _ => Field::Other,
+        }
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// Where the output field `key` goes.
+    fn slot(&mut self, key: &[u8]) -> Slot<'_, 'a> {
+        self.slot_of(Field::of(key))
+    }
+
+    /// Where `field` goes.
+    #[inline(always)]
+    fn slot_of(&mut self, field: Field) -> Slot<'_, 'a> {
+        Slot::Text(match field {
+            Field::EvtTime => return Slot::EvtTime,
+            Field::UserUid => return Slot::UserUid,
+            Field::Other => return Slot::Other,
+            Field::EvtType => &mut self.evt_type,
+            Field::ContainerId => &mut self.container_id,
+            Field::ContainerName => &mut self.container_name,
+            Field::Image => &mut self.image,
+            Field::ImageTag => &mut self.image_tag,
+            Field::Namespace => &mut self.namespace,
+            Field::Pod => &mut self.pod,
+            Field::PodUid => &mut self.pod_uid,
+            Field::ProcName => &mut self.proc_name,
+            Field::ProcExepath => &mut self.proc_exepath,
+            Field::ProcCmdline => &mut self.proc_cmdline,
+            Field::ProcPname => &mut self.proc_pname,
+            Field::UserName => &mut self.user_name,
+            Field::FdName => &mut self.fd_name,
         })
     }
 }
@@ -388,6 +451,8 @@ struct Builder {
     /// The tags arrays seen so far, by their text: a rule's alerts carry the same tags, which
     /// are then appended in one go.
     tag_lists: FxHashMap<Box<str>, StringArray>,
+    /// The output fields' keys of the alerts read so far (see [`scan_fields`]).
+    keys: KeyCache<Field>,
     timestamps: Timestamps,
 }
 
@@ -427,6 +492,7 @@ impl Builder {
             output_fields: Strings::with_data_capacity(n, bytes * 5 / 8),
             tag_ranges: Vec::new(),
             tag_lists: FxHashMap::default(),
+            keys: KeyCache::default(),
             timestamps: Timestamps::default(),
         }
     }
@@ -435,7 +501,15 @@ impl Builder {
         let text = record.text;
         let mut a = Alert::default();
         let mut fields = Fields::default();
-        if read_alert(record, &mut self.tag_ranges, &mut a, &mut fields).is_none() {
+        if read_alert(
+            record,
+            &mut self.tag_ranges,
+            &mut self.keys,
+            &mut a,
+            &mut fields,
+        )
+        .is_none()
+        {
             if depth == Depth::Unchecked {
                 check_depth(text)?;
             }
@@ -723,13 +797,19 @@ mod tests {
         }
         let d = decode_str(&input);
         assert!(d.quarantined.is_empty(), "{:?}", d.quarantined);
-        let tags = d.batch.column_by_name("tags").expect("tags").as_list::<i32>();
+        let tags = d
+            .batch
+            .column_by_name("tags")
+            .expect("tags")
+            .as_list::<i32>();
         assert_eq!(tags.len(), expected.len());
         for (row, want) in expected.iter().enumerate() {
             let got = tags.is_valid(row).then(|| {
                 let list = tags.value(row);
                 let list = list.as_string::<i32>();
-                list.iter().map(|t| t.expect("tags are not null").to_string()).collect()
+                list.iter()
+                    .map(|t| t.expect("tags are not null").to_string())
+                    .collect()
             });
             assert_eq!(&got, want, "row {row}");
         }
@@ -828,8 +908,17 @@ mod tests {
 
     /// The scanner's reading of an alert, or `None` where it gives up.
     fn scanned(text: &str) -> Option<Reading<'_>> {
+        scanned_after(&[], text)
+    }
+
+    /// [`scanned`] with the output fields' keys of the alerts `before` remembered.
+    fn scanned_after<'a>(before: &[&str], text: &'a str) -> Option<Reading<'a>> {
+        let mut keys = KeyCache::default();
         let mut tags = Vec::new();
-        let (a, fields) = scan_alert(Record::new(text), &mut tags)?;
+        for earlier in before {
+            let _ = scan_alert(Record::new(earlier), &mut tags, &mut keys);
+        }
+        let (a, fields) = scan_alert(Record::new(text), &mut tags, &mut keys)?;
         let tags = tags.into_iter().map(|r| text[r].to_string()).collect();
         Some((alert_values(&a), fields, tags))
     }
@@ -901,6 +990,7 @@ mod tests {
                 serde_json::to_string(&value)
             }
             .expect("a value serializes");
+            let original = text.clone();
             if let Some((at, cut, insert)) = &edit {
                 let at = at % (text.len() + 1);
                 let end = (at + cut).min(text.len());
@@ -913,7 +1003,15 @@ mod tests {
                 prop_assert!(theirs.is_ok(), "{}", text);
             }
             if let Some(ours) = scanned(&text) {
-                prop_assert_eq!(Ok(ours), theirs, "{}", text);
+                prop_assert_eq!(Ok(ours), theirs.clone(), "{}", text);
+            }
+            // With the keys of the alert before the edit remembered, and of itself: an edit in
+            // a key must not be read as the remembered key.
+            if let Some(ours) = scanned_after(&[&original], &text) {
+                prop_assert_eq!(Ok(ours), theirs.clone(), "after the original: {}", text);
+            }
+            if let Some(ours) = scanned_after(&[&text], &text) {
+                prop_assert_eq!(Ok(ours), theirs, "again: {}", text);
             }
         }
     }

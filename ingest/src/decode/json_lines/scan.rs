@@ -138,6 +138,64 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// [`Scanner::object`] for objects whose keys repeat from one record to the next, in the
+    /// same order: `cache` remembers the key met at each position with what `classify` made of
+    /// it, and `f` gets that instead of the key. A key whose bytes are the remembered ones (its
+    /// closing quote included) is taken as it is, without looking for its end or classifying it
+    /// again: it was checked when it was remembered, and the same bytes read the same.
+    #[inline(always)]
+    pub(crate) fn object_cached<T: Copy>(
+        &mut self,
+        cache: &mut KeyCache<T>,
+        classify: impl Fn(&'a [u8]) -> T,
+        mut f: impl FnMut(&mut Self, T) -> Option<()>,
+    ) -> Option<()> {
+        if self.peek()? != b'{' {
+            return None;
+        }
+        self.pos += 1;
+        self.enter()?;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            self.depth -= 1;
+            return Some(());
+        }
+        let mut index = 0;
+        loop {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let start = self.pos + 1;
+            let value = match cache.known(index, self.bytes(), start) {
+                Some((len, value)) => {
+                    self.pos = start + len;
+                    value
+                }
+                None => {
+                    let key = self.key()?;
+                    let value = classify(key);
+                    cache.remember(index, key, value);
+                    value
+                }
+            };
+            index += 1;
+            if self.peek()? != b':' {
+                return None;
+            }
+            self.pos += 1;
+            f(self, value)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    self.depth -= 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Reads an array, calling `f` for each element; `f` must read it.
     #[inline(always)]
     pub(crate) fn array(&mut self, mut f: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
@@ -271,6 +329,81 @@ impl<'a> Scanner<'a> {
         let end = number_end(self.bytes(), start)?;
         self.pos = end;
         slice(self.text, start, end)
+    }
+}
+
+/// The keys of an object by their position, for [`Scanner::object_cached`]: each with its
+/// closing quote, as two 16-byte blocks compared in one go, and a value.
+pub(crate) struct KeyCache<T> {
+    keys: Vec<Option<CachedKey<T>>>,
+}
+
+impl<T> Default for KeyCache<T> {
+    fn default() -> Self {
+        KeyCache { keys: Vec::new() }
+    }
+}
+
+struct CachedKey<T> {
+    /// The key and its closing quote, then zeros.
+    blocks: [u8x16; 2],
+    /// One bit per byte of the key and its quote.
+    mask: u32,
+    /// The key's length with its quote.
+    len: usize,
+    value: T,
+}
+
+/// Positions remembered at most: objects with more keys are read key by key past them.
+const CACHED_KEYS: usize = 64;
+
+impl<T: Copy> KeyCache<T> {
+    /// The length (with the closing quote) and value of the key remembered at `index`, when the
+    /// bytes of `b` at `at` are that key and its quote.
+    #[inline(always)]
+    fn known(&self, index: usize, b: &[u8], at: usize) -> Option<(usize, T)> {
+        let key = self.keys.get(index)?.as_ref()?;
+        let bytes = b.get(at..at + 32)?;
+        let block = |i: usize| {
+            let chunk: [u8; 16] = bytes[16 * i..16 * i + 16]
+                .try_into()
+                .expect("a slice of 16 bytes");
+            u8x16::from(chunk).simd_eq(key.blocks[i]).to_bitmask()
+        };
+        let equal = block(0) | block(1) << 16;
+        (equal & key.mask == key.mask).then_some((key.len, key.value))
+    }
+
+    /// Remembers `key` (without escapes, as [`Scanner::key`] reads it) at `index`, the positions
+    /// before it being remembered already.
+    fn remember(&mut self, index: usize, key: &[u8], value: T) {
+        if index >= CACHED_KEYS {
+            return;
+        }
+        let cached = (key.len() < 32).then(|| {
+            let mut bytes = [0u8; 32];
+            bytes[..key.len()].copy_from_slice(key);
+            bytes[key.len()] = b'"';
+            let len = key.len() + 1;
+            let (lo, hi) = bytes.split_at(16);
+            CachedKey {
+                blocks: [
+                    u8x16::from(<[u8; 16]>::try_from(lo).expect("16 bytes")),
+                    u8x16::from(<[u8; 16]>::try_from(hi).expect("16 bytes")),
+                ],
+                mask: u32::MAX >> (32 - len),
+                len,
+                value,
+            }
+        });
+        match self.keys.get_mut(index) {
+            Some(slot) => *slot = cached,
+            None => {
+                self.keys.truncate(index);
+                self.keys.resize_with(index, || None);
+                self.keys.push(cached);
+            }
+        }
     }
 }
 
@@ -493,7 +626,8 @@ fn digits(b: &[u8], mut i: usize) -> usize {
         // A byte's high bit is set here when it is not a digit: at or above 0x80 (`w`), above
         // 0x39 (adding 0x46 carries into the high bit), or below 0x30 (subtracting borrows).
         // Borrows and carries only reach the bytes above, so the lowest flag is exact.
-        let flags = (w | w.wrapping_add(0x4646_4646_4646_4646) | w.wrapping_sub(ONES * 0x30)) & HIGH;
+        let flags =
+            (w | w.wrapping_add(0x4646_4646_4646_4646) | w.wrapping_sub(ONES * 0x30)) & HIGH;
         if flags != 0 {
             return i + (flags.trailing_zeros() / 8) as usize;
         }
@@ -767,10 +901,54 @@ mod tests {
                 let mut b: Vec<u8> = (0..run).map(|i| b'0' + (i % 10) as u8).collect();
                 b.push(stop);
                 b.extend_from_slice(b"123456789");
-                let want = b.iter().position(|c| !c.is_ascii_digit()).unwrap_or(b.len());
+                let want = b
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .unwrap_or(b.len());
                 assert_eq!(digits(&b, 0), want, "{run} {stop}");
                 assert_eq!(digits(&b[..run], 0), run);
             }
+        }
+    }
+
+    #[test]
+    fn cached_keys_read_as_fresh_ones() {
+        // Keys of every length around the 32-byte blocks, each read after objects whose key at
+        // the same position differs by its last byte, by its length, or not at all.
+        let read = |cache: &mut KeyCache<usize>, text: &str| {
+            let mut keys = Vec::new();
+            let mut s = Scanner::new(text);
+            s.object_cached(
+                cache,
+                |k| k.len(),
+                |s, len| {
+                    keys.push((len, s.raw()?.to_string()));
+                    Some(())
+                },
+            )?;
+            s.finish().map(|()| keys)
+        };
+        for len in 0..40 {
+            let key = "k".repeat(len);
+            let longer = format!("{key}x");
+            let other = format!("{}y", "k".repeat(len.saturating_sub(1)));
+            let text = format!(r#"{{"{key}":1,"b":"{key}"}}"#);
+            let want = Some(vec![(len, "1".to_string()), (1, format!("\"{key}\""))]);
+            for before in [&key, &longer, &other] {
+                let mut cache = KeyCache::default();
+                let earlier = format!(r#"{{"{before}":0,"b":2}}"#);
+                assert!(read(&mut cache, &earlier).is_some());
+                assert_eq!(read(&mut cache, &text), want, "{len} after {before:?}");
+                assert_eq!(read(&mut cache, &text), want, "{len} again");
+            }
+            // The same key at the end of the text, where no 32 bytes follow it.
+            let mut cache = KeyCache::default();
+            let short = format!(r#"{{"{key}":1}}"#);
+            assert!(read(&mut cache, &short).is_some());
+            assert_eq!(read(&mut cache, &short), Some(vec![(len, "1".to_string())]));
+            // A remembered key is not taken where the text has an escape or a control there.
+            let escaped = format!(r#"{{"{key}\"":1}}"#);
+            assert_eq!(read(&mut cache, &escaped), None);
         }
     }
 
