@@ -211,7 +211,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 fn scan_alert<'a>(
     record: Record<'a>,
     tags: &mut Vec<Range<usize>>,
-    keys: &mut KeyCache<Field>,
+    keys: &mut Keys,
 ) -> Option<(Alert<'a>, Fields<'a>)> {
     let mut a = Alert::default();
     let mut fields = Fields::default();
@@ -225,31 +225,21 @@ fn scan_alert<'a>(
 /// key twice is an error: gives up) and `Fields`' visitor (keys in order, the last one wins).
 ///
 /// The tags go to `tags`, as ranges of the record (a tag with escapes gives up: tags have none),
-/// which spares a list per alert. `keys` remembers the output fields' keys (see
-/// [`scan_fields`]).
+/// which spares a list per alert. `keys` remembers the keys of the alerts read before (see
+/// [`Keys`]).
 fn read_alert<'a>(
     record: Record<'a>,
     tags: &mut Vec<Range<usize>>,
-    keys: &mut KeyCache<Field>,
+    keys: &mut Keys,
     a: &mut Alert<'a>,
     fields: &mut Fields<'a>,
 ) -> Option<()> {
     tags.clear();
     let mut s = Scanner::for_record(record);
     let mut seen = 0u16;
-    s.object(|s, key| {
-        let is = |name: &[u8]| key == name;
-        let bit = match key.len() {
-            4 if is(b"time") => 0,
-            4 if is(b"rule") => 1,
-            4 if is(b"uuid") => 6,
-            4 if is(b"tags") => 7,
-            6 if is(b"source") => 3,
-            6 if is(b"output") => 5,
-            8 if is(b"priority") => 2,
-            8 if is(b"hostname") => 4,
-            13 if is(b"output_fields") => 8,
-            _ => return s.skip(),
+    s.object_cached(&mut keys.alert, alert_key, |s, bit| {
+        let Some(bit) = bit else {
+            return s.skip();
         };
         if seen & 1 << bit != 0 {
             return None;
@@ -277,7 +267,7 @@ fn read_alert<'a>(
             _ => {
                 if !s.is_null()? {
                     let start = s.value_start();
-                    *s = scan_fields(*s, fields, keys)?;
+                    *s = scan_fields(*s, fields, &mut keys.fields)?;
                     a.output_fields = Some(RawJson(&s.text()[start..s.pos()]));
                 }
                 return Some(());
@@ -289,9 +279,35 @@ fn read_alert<'a>(
     s.finish()
 }
 
+/// The keys of the alerts read so far, by position (see [`Scanner::object_cached`]): Falco writes
+/// the same keys in the same order for every alert of a rule.
+#[derive(Default)]
+struct Keys {
+    /// The alert's own keys, as [`alert_key`] reads them.
+    alert: KeyCache<Option<u8>>,
+    /// The output fields' keys.
+    fields: KeyCache<Field>,
+}
+
+/// The bit of an alert's key in [`read_alert`]'s set of keys seen; `None` for keys it skips.
+fn alert_key(key: &[u8]) -> Option<u8> {
+    let is = |name: &[u8]| key == name;
+    Some(match key.len() {
+        4 if is(b"time") => 0,
+        4 if is(b"rule") => 1,
+        4 if is(b"uuid") => 6,
+        4 if is(b"tags") => 7,
+        6 if is(b"source") => 3,
+        6 if is(b"output") => 5,
+        8 if is(b"priority") => 2,
+        8 if is(b"hostname") => 4,
+        13 if is(b"output_fields") => 8,
+        _ => return None,
+    })
+}
+
 /// `Fields`' visitor over the [`Scanner`]: the scanner after the object. `keys` remembers the
-/// keys of the alerts before: Falco writes the same output fields in the same order for every
-/// alert of a rule.
+/// output fields' keys of the alerts before.
 fn scan_fields<'a>(
     mut s: Scanner<'a>,
     out: &mut Fields<'a>,
@@ -451,8 +467,8 @@ struct Builder {
     /// The tags arrays seen so far, by their text: a rule's alerts carry the same tags, which
     /// are then appended in one go.
     tag_lists: FxHashMap<Box<str>, StringArray>,
-    /// The output fields' keys of the alerts read so far (see [`scan_fields`]).
-    keys: KeyCache<Field>,
+    /// The keys of the alerts read so far.
+    keys: Keys,
     timestamps: Timestamps,
 }
 
@@ -492,7 +508,7 @@ impl Builder {
             output_fields: Strings::with_data_capacity(n, bytes * 5 / 8),
             tag_ranges: Vec::new(),
             tag_lists: FxHashMap::default(),
-            keys: KeyCache::default(),
+            keys: Keys::default(),
             timestamps: Timestamps::default(),
         }
     }
@@ -913,7 +929,7 @@ mod tests {
 
     /// [`scanned`] with the output fields' keys of the alerts `before` remembered.
     fn scanned_after<'a>(before: &[&str], text: &'a str) -> Option<Reading<'a>> {
-        let mut keys = KeyCache::default();
+        let mut keys = Keys::default();
         let mut tags = Vec::new();
         for earlier in before {
             let _ = scan_alert(Record::new(earlier), &mut tags, &mut keys);
