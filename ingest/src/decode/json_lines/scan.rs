@@ -104,38 +104,9 @@ impl<'a> Scanner<'a> {
     #[inline(always)]
     pub(crate) fn object(
         &mut self,
-        mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+        f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
     ) -> Option<()> {
-        if self.peek()? != b'{' {
-            return None;
-        }
-        self.pos += 1;
-        self.enter()?;
-        if self.peek()? == b'}' {
-            self.pos += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            if self.peek()? != b'"' {
-                return None;
-            }
-            let key = self.key()?;
-            if self.peek()? != b':' {
-                return None;
-            }
-            self.pos += 1;
-            f(self, key)?;
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    self.depth -= 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.object_with(|s, _| s.key(), f)
     }
 
     /// [`Scanner::object`] for objects whose keys repeat from one record to the next, in the
@@ -148,7 +119,33 @@ impl<'a> Scanner<'a> {
         &mut self,
         cache: &mut KeyCache<T>,
         classify: impl Fn(&'a [u8]) -> T,
-        mut f: impl FnMut(&mut Self, T) -> Option<()>,
+        f: impl FnMut(&mut Self, T) -> Option<()>,
+    ) -> Option<()> {
+        let key = |s: &mut Self, index| {
+            let start = s.pos + 1;
+            Some(match cache.known(index, s.bytes(), start) {
+                Some((len, value)) => {
+                    s.pos = start + len;
+                    value
+                }
+                None => {
+                    let key = s.key()?;
+                    let value = classify(key);
+                    cache.remember(index, key, value);
+                    value
+                }
+            })
+        };
+        self.object_with(key, f)
+    }
+
+    /// Reads an object: `key` reads each key from its opening quote (it gets the key's position
+    /// in the object), `f` the value with what `key` returned.
+    #[inline(always)]
+    fn object_with<K>(
+        &mut self,
+        mut key: impl FnMut(&mut Self, usize) -> Option<K>,
+        mut f: impl FnMut(&mut Self, K) -> Option<()>,
     ) -> Option<()> {
         if self.peek()? != b'{' {
             return None;
@@ -165,25 +162,13 @@ impl<'a> Scanner<'a> {
             if self.peek()? != b'"' {
                 return None;
             }
-            let start = self.pos + 1;
-            let value = match cache.known(index, self.bytes(), start) {
-                Some((len, value)) => {
-                    self.pos = start + len;
-                    value
-                }
-                None => {
-                    let key = self.key()?;
-                    let value = classify(key);
-                    cache.remember(index, key, value);
-                    value
-                }
-            };
+            let k = key(self, index)?;
             index += 1;
             if self.peek()? != b':' {
                 return None;
             }
             self.pos += 1;
-            f(self, value)?;
+            f(self, k)?;
             match self.peek()? {
                 b',' => self.pos += 1,
                 b'}' => {
