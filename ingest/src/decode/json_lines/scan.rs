@@ -384,7 +384,6 @@ impl<T: Copy> KeyCache<T> {
         match self.keys.get_mut(index) {
             Some(slot) => *slot = cached,
             None => {
-                self.keys.truncate(index);
                 self.keys.resize_with(index, || None);
                 self.keys.push(cached);
             }
