@@ -533,30 +533,16 @@ fn inspect(data: &Path) -> Debris {
     debris
 }
 
+/// [`service_support::query_at`], whose answers here are never cut at the row cap.
 async fn query(client: &reqwest::Client, base: &str, sql: &str) -> Value {
-    let r = client
-        .post(format!("{base}/api/v1/query"))
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert_eq!(status, 200, "{sql}: {text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let v = service_support::query_at(client, base, sql).await;
     assert_eq!(v["truncated"], false, "{sql}");
     v
 }
 
+/// The value of the metric `name` (without labels) in `/metrics`.
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = service_support::metrics_at(client, base).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} is not in /metrics: {text}"))

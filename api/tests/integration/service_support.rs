@@ -118,29 +118,39 @@ impl Service {
 
     /// `GET /metrics` as text.
     pub async fn metrics(&self, client: &reqwest::Client) -> String {
-        client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(client, &self.base).await
     }
 
     /// `POST /api/v1/query`; asserts 200 and returns the JSON answer.
     pub async fn query(&self, client: &reqwest::Client, sql: &str) -> serde_json::Value {
-        let r = client
-            .post(format!("{}/api/v1/query", self.base))
-            .json(&serde_json::json!({ "sql": sql }))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        assert_eq!(status, 200, "{sql}: {text}");
-        serde_json::from_str(&text).unwrap()
+        query_at(client, &self.base, sql).await
     }
+}
+
+/// `GET {base}/metrics` as text.
+pub async fn metrics_at(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `POST {base}/api/v1/query`; asserts 200 and returns the JSON answer.
+pub async fn query_at(client: &reqwest::Client, base: &str, sql: &str) -> serde_json::Value {
+    let r = client
+        .post(format!("{base}/api/v1/query"))
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{sql}: {text}");
+    serde_json::from_str(&text).unwrap()
 }
 
 /// A file of `tests/fixtures/real`.
