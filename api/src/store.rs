@@ -289,12 +289,12 @@ impl fmt::Debug for Store {
 }
 
 /// Rearranges a batch into `schema` (columns by name, casts, nulls for missing nullable
-/// columns).
-pub(crate) fn conform_batch(
+/// columns), sharing its buffers.
+pub(crate) fn arrange_batch(
     batch: &RecordBatch,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, String> {
-    table::conform(batch, schema)
+    table::arrange(batch, schema)
 }
 
 fn store_err(op: &'static str, reason: impl Into<String>) -> crate::Error {

@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -408,28 +408,12 @@ fn read_rows(
         .map_err(|e| err(&e))?;
     for batch in reader {
         let batch = batch.map_err(|e| err(&e))?;
-        let batch = conform(&batch, schema).map_err(|e| err(&e))?;
+        let batch = crate::store::arrange_batch(&batch, schema).map_err(|e| err(&e))?;
         if !emit(batch) {
             return Ok(false);
         }
     }
     Ok(true)
-}
-
-/// `batch` as `schema`: columns by name, cast where the file's type differs, null where the
-/// file lacks them.
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
-    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for f in schema.fields() {
-        cols.push(match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => c.clone(),
-            Some(c) => arrow::compute::cast(c, f.data_type())
-                .map_err(|e| format!("column {}: {e}", f.name()))?,
-            None => new_null_array(f.data_type(), batch.num_rows()),
-        });
-    }
-    let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    RecordBatch::try_new_with_options(schema.clone(), cols, &opts).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

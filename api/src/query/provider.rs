@@ -160,7 +160,7 @@ impl TableProvider for ScopedTable {
                 if b.schema() == self.schema {
                     Ok(b)
                 } else {
-                    crate::store::conform_batch(&b, &self.schema)
+                    crate::store::arrange_batch(&b, &self.schema)
                         .map_err(datafusion::error::DataFusionError::Execution)
                 }
             })

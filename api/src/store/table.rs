@@ -116,9 +116,8 @@ fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 /// Rearranges `batch` into `schema`: columns by name, cast where the type differs, nulls for
-/// missing nullable columns; the result owns compact buffers (a slice of a large decoded batch
-/// must not pin the whole batch in the tail).
-pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+/// missing nullable columns. The result shares `batch`'s buffers.
+pub(crate) fn arrange(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
     let mut cols = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
         match batch.column_by_name(f.name()) {
@@ -132,8 +131,13 @@ pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
         }
     }
     let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    let b = RecordBatch::try_new_with_options(schema.clone(), cols, &opts)
-        .map_err(|e| e.to_string())?;
+    RecordBatch::try_new_with_options(schema.clone(), cols, &opts).map_err(|e| e.to_string())
+}
+
+/// [`arrange`], into compact buffers the result owns: a slice of a large decoded batch must not
+/// pin the whole batch in the tail.
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+    let b = arrange(batch, schema)?;
     // `take` writes new buffers; `concat` of one batch would hand back slices of the input.
     let rows = u32::try_from(b.num_rows()).map_err(|_| "batch too large".to_string())?;
     take_record_batch(&b, &UInt32Array::from_iter_values(0..rows)).map_err(|e| e.to_string())
